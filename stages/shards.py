@@ -30,7 +30,7 @@ from pipeline.dataset_card import write_dataset_card
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
 from pipeline.schema import RECORD_SCHEMA, rows_to_table
 from pipeline.stage import StageContext, corpus_config_hash
-from pipeline.steps import RecordFilter, Rejection, document_to_record, list_parquet, write_error
+from pipeline.steps import RecordFilter, Rejection, batched, document_to_record, list_parquet, write_error
 
 PARTITIONS = "partitions"
 GROUP_INFO = "groups"
@@ -123,7 +123,7 @@ class SplitAssigner(PipelineStep):
 
 
 class TokenCounter(PipelineStep):
-    """Fills `n_tokens` with the Qwen2 tokenizer, in batches."""
+    """Fills `n_tokens` with the Qwen2 tokenizer's count (pipeline/tokenizer.py), in batches."""
 
     name = "🔢 Qwen2 tokens"
     type = "✂️ - FORMAT"
@@ -133,27 +133,16 @@ class TokenCounter(PipelineStep):
         self.batch_size = batch_size
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per task
-        from pipeline.tokenizer import load_tokenizer
+        from pipeline.tokenizer import qwen2_token_counter
 
-        encoder = load_tokenizer().backend_tokenizer
-        batch: list[Document] = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
-                yield from self._count(encoder, batch)
-                batch = []
-        yield from self._count(encoder, batch)
-
-    def _count(self, encoder, batch: list[Document]) -> list[Document]:
-        if not batch:
-            return batch
-        with self.track_time(unit="batch"):
-            encodings = encoder.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
-        for doc, encoding in zip(batch, encodings, strict=True):
-            doc.metadata["n_tokens"] = len(encoding.ids)
-            self.stat_update(f"tokens/{doc.metadata['language']}", value=len(encoding.ids))
-        return batch
+        counter = qwen2_token_counter()
+        for batch in batched(data, self.batch_size):
+            with self.track_time(unit="batch"):
+                counts = counter.count_batch([doc.text for doc in batch])
+            for doc, n_tokens in zip(batch, counts, strict=True):
+                doc.metadata["n_tokens"] = n_tokens
+                self.stat_update(f"tokens/{doc.metadata['language']}", value=n_tokens)
+            yield from batch
 
 
 class PartitionWriter(PipelineStep):

@@ -133,14 +133,11 @@ class TranslateStep(LLMStep):
         )
         self.used_docs: Counter[str] = Counter()
         self.used_tokens: Counter[str] = Counter()
-        self._tokenizer = None
 
     def _tokens(self, text: str) -> int:
-        if self._tokenizer is None:
-            from pipeline.tokenizer import load_tokenizer
+        from pipeline.tokenizer import qwen2_token_counter
 
-            self._tokenizer = load_tokenizer()
-        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return qwen2_token_counter().count(text)
 
     def _within_budget(self, record: dict, target: str) -> bool:
         docs = self.selection.docs_budget[target]
