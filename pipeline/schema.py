@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
 
@@ -177,20 +178,50 @@ def _plain_problems(row: dict, schema: pa.Schema) -> list[str]:
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
-    """Validate rows and build a table; raises SchemaError naming the row id and the problem."""
-    record_shaped = "id" in schema.names and "language" in schema.names
-    for row in rows:
-        problems = record_problems(row) if record_shaped else _plain_problems(row, schema)
-        if problems:
-            raise SchemaError(
-                f"record {row.get('id')!r} does not fit schema v{SCHEMA_VERSION}: {'; '.join(problems)}"
-            )
+    """Validate rows and build a table; raises SchemaError naming the row id and the problem.
+
+    Built column-wise and checked with Arrow kernels (this runs for every record a stage writes);
+    only when a check fails are the rows walked one by one to name the first offending record."""
+    allowed = set(schema.names)
+    unknown = set().union(*map(dict.keys, rows)) - allowed if rows else set()
     try:
-        return pa.Table.from_pylist(
-            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
-        )
+        table = pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise SchemaError(f"records do not fit schema v{SCHEMA_VERSION}: {exc}") from None
+    if unknown or not _fits(table, schema):
+        record_shaped = "id" in schema.names and "language" in schema.names
+        for row in rows:
+            problems = record_problems(row) if record_shaped else _plain_problems(row, schema)
+            if problems:
+                raise SchemaError(
+                    f"record {row.get('id')!r} does not fit schema v{SCHEMA_VERSION}: {'; '.join(problems)}"
+                )
+    return table
+
+
+def _fits(table: pa.Table, schema: pa.Schema) -> bool:
+    """Required columns set (and non-empty strings, `text` excepted); enum columns within their values."""
+    for field in schema:
+        column = table[field.name]
+        if not field.nullable:
+            if column.null_count:
+                return False
+            empty_string = (
+                pa.types.is_string(field.type)
+                and field.name != "text"
+                and len(column)
+                and pc.any(pc.equal(pc.utf8_length(column), 0)).as_py()
+            )
+            if empty_string:
+                return False
+        allowed = _ENUMS.get(field.name)
+        if (
+            allowed is not None
+            and len(column) > column.null_count
+            and not pc.all(pc.is_in(column.drop_null(), value_set=pa.array(allowed))).as_py()
+        ):
+            return False
+    return True
 
 
 def stable_id(*parts: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,18 @@ _METADATA_COLUMNS = tuple(c for c in COLUMN_NAMES if c not in ("id", "text"))
 
 def record_to_document(row: dict) -> Document:
     return Document(text=row["text"], id=row["id"], metadata={k: row.get(k) for k in _METADATA_COLUMNS})
+
+
+def batch_to_documents(batch: pa.RecordBatch) -> Iterator[Document]:
+    """The rows of a record batch as Documents (column-wise: about twice as fast as row dicts);
+    columns missing from the batch are None in the metadata."""
+    columns = batch.to_pydict()
+    n = batch.num_rows
+    values = [columns.get(name) or [None] * n for name in _METADATA_COLUMNS]
+    for record_id, text, metadata in zip(
+        columns["id"], columns["text"], zip(*values, strict=True), strict=True
+    ):
+        yield Document(text=text, id=record_id, metadata=dict(zip(_METADATA_COLUMNS, metadata, strict=True)))
 
 
 def document_to_record(doc: Document) -> dict:
@@ -143,11 +156,10 @@ class RecordReader(BaseDiskReader):
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         with self.data_folder.open(filepath, "rb") as fh:
-            parquet = pq.ParquetFile(fh)
-            for batch in parquet.iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
-                    self.stat_update(f"in/{row['language']}")
-                    yield record_to_document(row)
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096):
+                for language, n in Counter(batch.column("language").to_pylist()).items():
+                    self.stat_update(f"in/{language}", value=n)
+                yield from batch_to_documents(batch)
 
 
 class RecordWriter(PipelineStep):

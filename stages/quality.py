@@ -33,8 +33,8 @@ from pipeline.steps import (
     RecordReader,
     RecordWriter,
     Rejection,
+    batch_to_documents,
     list_parquet,
-    record_to_document,
 )
 
 SIGNAL_NAMES = tuple(name for name, _ in QUALITY_SIGNALS)
@@ -52,8 +52,7 @@ class ProjectedRecordReader(RecordReader):
     def read_file(self, filepath: str) -> DocumentsPipeline:
         with self.data_folder.open(filepath, "rb") as fh:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096, columns=self.columns):
-                for row in batch.to_pylist():
-                    yield record_to_document(row)
+                yield from batch_to_documents(batch)
 
 
 class MedicalSampler(PipelineStep):
