@@ -64,21 +64,9 @@ def train(sample_files: list[Path], model_dir: Path, settings: TrainingSettings)
         items.sort()
         del items[settings.max_docs :]
         counts[key] = len(items)
-    info: dict = {
-        "folds": [
-            {"fold": f, MEDICAL: counts.get((f, MEDICAL), 0), GENERAL: counts.get((f, GENERAL), 0)}
-            for f in (0, 1)
-        ]
-    }
-    too_few = [
-        f"fold {f} has {counts.get((f, label), 0)} {label} documents"
-        for f in (0, 1)
-        for label in (MEDICAL, GENERAL)
-        if counts.get((f, label), 0) < settings.min_docs
-    ]
-    if too_few:
-        info.update(status="skipped", reason=f"{'; '.join(too_few)} (need {settings.min_docs})")
-        _write_json(model_dir / "info.json", info)
+    info = class_report(counts, settings.min_docs)
+    if info["status"] == "skipped":
+        write_info(model_dir, info)
         return info
     for fold in (0, 1):
         train_file = model_dir / f".fold{fold}.train.txt"
@@ -90,7 +78,28 @@ def train(sample_files: list[Path], model_dir: Path, settings: TrainingSettings)
         train_file.unlink()
         os.replace(tmp, model_path(model_dir, fold))
     info["status"] = "trained"
-    _write_json(model_dir / "info.json", info)
+    write_info(model_dir, info)
+    return info
+
+
+def class_report(counts: dict[tuple[int, str], int], min_docs: int) -> dict:
+    """Documents per fold and class, and status "skipped" (with the reason) when a class of a fold
+    has fewer than `min_docs`; else status "pending" (training may go ahead)."""
+    info: dict = {
+        "folds": [
+            {"fold": f, MEDICAL: counts.get((f, MEDICAL), 0), GENERAL: counts.get((f, GENERAL), 0)}
+            for f in (0, 1)
+        ],
+        "status": "pending",
+    }
+    too_few = [
+        f"fold {f} has {counts.get((f, label), 0)} {label} documents"
+        for f in (0, 1)
+        for label in (MEDICAL, GENERAL)
+        if counts.get((f, label), 0) < min_docs
+    ]
+    if too_few:
+        info.update(status="skipped", reason=f"{'; '.join(too_few)} (need {min_docs})")
     return info
 
 
@@ -153,6 +162,11 @@ def model_path(model_dir: Path, fold: int) -> Path:
 def read_info(model_dir: Path) -> dict:
     path = model_dir / "info.json"
     return json.loads(path.read_text()) if path.exists() else {"status": "disabled"}
+
+
+def write_info(model_dir: Path, info: dict) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(model_dir / "info.json", info)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,6 +1,7 @@
 """Quality scoring and personal-data scrubbing.
 
-Three datatrove passes:
+Three datatrove passes (the first two only when both classes can reach their minimum, which is
+checked first from the `id` and `source_type` columns alone):
   sample  every task keeps the classifier training text (medical source types vs general/web) of
           its documents with the smallest id hashes, personal data already scrubbed;
   train   one task trains the two out-of-fold fastText models under OUT/quality/classifier/;
@@ -15,7 +16,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -252,6 +253,42 @@ def _train_classifier(ctx: StageContext, model_dir: Path) -> dict:
     labels = {t: mc.MEDICAL for t in q.medical_positive_types} | {
         t: mc.GENERAL for t in q.medical_negative_types
     }
+    settings = mc.TrainingSettings(
+        q.medical_max_train_docs, q.medical_min_train_docs, q.medical_epochs, ctx.cfg.run.seed
+    )
+    info = _classes_too_small(ctx, model_dir, labels, settings)
+    if info is None:
+        info = _sample_and_train(ctx, model_dir, labels, settings)
+    info["positive_types"] = list(q.medical_positive_types)
+    info["negative_types"] = list(q.medical_negative_types)
+    return info
+
+
+def _classes_too_small(
+    ctx: StageContext, model_dir: Path, labels: dict[str, str], settings: mc.TrainingSettings
+) -> dict | None:
+    """The "skipped" report when a class of a fold cannot reach its minimum, found from the `id` and
+    `source_type` columns alone (no text is read, scrubbed or segmented); None when it may train.
+    Reading stops as soon as every class of every fold has its minimum."""
+    counts: Counter[tuple[int, str]] = Counter()
+    for directory in ctx.input_dirs():
+        for path in list_parquet(directory):
+            for batch in pq.ParquetFile(path).iter_batches(columns=["id", "source_type"]):
+                for record_id, source_type in zip(*batch.to_pydict().values(), strict=True):
+                    label = labels.get(source_type)
+                    if label is not None:
+                        counts[(mc.fold_of(record_id, settings.seed), label)] += 1
+                if mc.class_report(counts, settings.min_docs)["status"] != "skipped":
+                    return None
+    info = mc.class_report(counts, settings.min_docs)
+    mc.write_info(model_dir, info)
+    return info
+
+
+def _sample_and_train(
+    ctx: StageContext, model_dir: Path, labels: dict[str, str], settings: mc.TrainingSettings
+) -> dict:
+    q = ctx.cfg.quality
     segmentation = {code: lang.segmentation for code, lang in ctx.registry.languages.items()}
     sample_dir = model_dir / "samples"
     sampler = MedicalSampler(
@@ -260,18 +297,12 @@ def _train_classifier(ctx: StageContext, model_dir: Path) -> dict:
     columns = ["id", "text", "language", "source_type"]
     readers = [ProjectedRecordReader(d, columns) for d in ctx.input_dirs() if list_parquet(d)]
     ctx.run_pipeline([*readers, sampler], name="sample")
-    settings = mc.TrainingSettings(
-        q.medical_max_train_docs, q.medical_min_train_docs, q.medical_epochs, ctx.cfg.run.seed
-    )
     ctx.run_pipeline(
         [MedicalClassifierTrainer(sample_dir, model_dir, settings)], name="train", tasks=1, workers=1
     )
     for path in sample_dir.glob("*.jsonl"):
         path.unlink()  # training text is not kept: only the models are
-    info = mc.read_info(model_dir)
-    info["positive_types"] = list(q.medical_positive_types)
-    info["negative_types"] = list(q.medical_negative_types)
-    return info
+    return mc.read_info(model_dir)
 
 
 def _pii_summary(counters: dict[str, float]) -> dict:

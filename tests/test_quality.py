@@ -339,3 +339,19 @@ def test_quality_config_errors_name_the_key(write_config):
         write_config({"quality": {"medical_negative_types": ["webb"]}})
     with pytest.raises(ConfigError, match=r"quality\.rules\.fr\.max_dup_lines: unknown key"):
         write_config({"quality": {"rules": {"fr": {"max_dup_lines": 0.3}}}})
+
+
+def test_classifier_skipped_without_text_scan_when_a_class_is_missing(tmp_path, write_config, shared_data):
+    rows = [r for r in _corpus(shared_data) if r["source_type"] not in ("general", "web")]
+    assert all(r["source_type"] not in ("general", "web") for r in rows)
+    out, summary, kept, quarantined = _run(tmp_path, write_config, rows, tasks=1, name="medical-only")
+    info = summary["medical_classifier"]
+    assert info["status"] == "skipped"
+    assert "fold 0 has 0 general documents" in info["reason"] and "(need 5)" in info["reason"]
+    assert [f["general"] for f in info["folds"]] == [0, 0]
+    assert sum(f["medical"] for f in info["folds"]) == sum(
+        r["source_type"] in info["positive_types"] for r in rows
+    )
+    assert not (out / "quality" / "logs" / "sample").exists(), "no sampling pass when training cannot happen"
+    every = [*kept.values(), *quarantined.values()]
+    assert len(every) == len(rows) and all(r["quality_signals"]["medical_score"] is None for r in every)
