@@ -16,7 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import regex
-import yaml
+
+from pipeline import yaml_files
 
 LANGUAGE_RULES_PATH = Path(__file__).resolve().parent / "quality_languages.yaml"
 
@@ -98,7 +99,7 @@ class LanguageRules:
 
 @lru_cache(maxsize=1)
 def _language_file() -> dict:
-    return yaml.safe_load(LANGUAGE_RULES_PATH.read_text(encoding="utf-8"))
+    return yaml_files.safe_load(LANGUAGE_RULES_PATH.read_text(encoding="utf-8"))
 
 
 def load_language_rules(registry, overrides: dict | None = None) -> dict[str, LanguageRules]:

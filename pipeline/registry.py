@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import yaml_files
+
 DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parent.parent / "lang_families.yaml"
 
 TIERS = ("major", "minor")
@@ -182,7 +184,7 @@ def load_registry(path: str | Path | None = None) -> Registry:
     if not path.is_file():
         raise RegistryError(f"{path}: language registry file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_files.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RegistryError(f"{path}: not valid YAML: {exc}") from None
     return _build(path, raw)
