@@ -13,7 +13,9 @@ except the dedup scale test, which runs the dedup stage on the 2-core machine as
    and precision (flagged pairs whose exact Jaccard >= 0.7);
 5. near-duplicate dedup of `--scale-docs` documents (1,000,000 by default): wall time and peak
    memory of the whole process tree;
-6. language-ID keep / catch / accuracy on TICO-19 + held-out paragraphs, per language.
+6. language-ID keep / catch / accuracy on TICO-19 + held-out paragraphs, per language;
+7. Qwen2 token counting for `n_tokens`: the `tokenizers` library (`encode_batch_fast`, one thread)
+   vs our tiktoken-backed counter, and whether every count agrees.
 
 Prints a table and writes bench/results/curation.json. `--docs`, `--scale-docs` etc. scale it.
 """
@@ -175,6 +177,34 @@ def bench_langid(docs: list[dict], registry, repeats: int) -> dict:
         "docs_per_s": {k: round(v, 1) for k, v in rates.items()},
         "medbabel_vs_raw_fasttext": round(rates["medbabel"] / rates["raw_fasttext"], 3),
         "medbabel_vs_datatrove": round(rates["medbabel"] / rates["datatrove"], 2),
+    }
+
+
+# ---- 7. Qwen2 token counting -------------------------------------------------------------------------
+def bench_tokens(docs: list[dict], repeats: int) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core, like the stage
+    from tokenizers import Tokenizer
+
+    from pipeline.tokenizer import Qwen2TokenCounter, qwen2_tokenizer_dir
+
+    path = qwen2_tokenizer_dir() / "tokenizer.json"
+    texts = [d["text"] for d in docs]
+    timings = {"tokenizers_load": best_time(lambda: Tokenizer.from_file(str(path)), 1)}
+    timings["medbabel_load"] = best_time(lambda: Qwen2TokenCounter(path), 1)
+    reference, counter = Tokenizer.from_file(str(path)), Qwen2TokenCounter(path)
+    theirs = [len(e.ids) for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    ours = counter.count_batch(texts)
+    timings["tokenizers"] = best_time(
+        lambda: reference.encode_batch_fast(texts, add_special_tokens=False), repeats
+    )
+    timings["medbabel"] = best_time(lambda: counter.count_batch(texts), repeats)
+    return {
+        "docs": len(texts),
+        "tokens": sum(theirs),
+        "docs_per_s": {k: round(len(texts) / timings[k], 1) for k in ("tokenizers", "medbabel")},
+        "load_seconds": {k: round(timings[f"{k}_load"], 3) for k in ("tokenizers", "medbabel")},
+        "speedup": round(timings["tokenizers"] / timings["medbabel"], 2),
+        "counts_differ": sum(a != b for a, b in zip(theirs, ours, strict=True)),
     }
 
 
@@ -596,6 +626,24 @@ def table(results: dict) -> str:
         if "dedup_plus_langid" in chain:
             part = chain["dedup_plus_langid"]
             rows.append(("  of which dedup + langid: speed-up", f"{part['speedup']:.1f}x", "", ""))
+    if tok := results.get("tokens"):
+        r = tok["docs_per_s"]
+        rows.append(
+            (
+                "Qwen2 token counts docs/s: tokenizers / ours",
+                f"{r['tokenizers']:.0f} / {r['medbabel']:.0f} ({tok['speedup']:.1f}x)",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "  counts differing from tokenizers",
+                f"{tok['counts_differ']} of {tok['docs']:,}",
+                "0",
+                "PASS" if tok["counts_differ"] == 0 else "FAIL",
+            )
+        )
     if dq:
         rows.append(
             ("dedup recall (Jaccard >= 0.8)", f"{dq['recall']:.4f}", ">= 0.95", check(dq["recall"], 0.95))
@@ -680,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        help="run only these parts (langid signatures chain dedup scale lid)",
+        help="run only these parts (langid signatures chain tokens dedup scale lid)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -688,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shared data not found: {TICO}", file=sys.stderr)
         return 2
     quiet_datatrove()
-    parts = set(args.only or ["langid", "signatures", "chain", "dedup", "scale", "lid"])
+    parts = set(args.only or ["langid", "signatures", "chain", "tokens", "dedup", "scale", "lid"])
     registry = load_registry()
     load_start = os.getloadavg()
     started = time.perf_counter()
@@ -733,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
             log("whole chain, stock vs ours (1 core)")
             model_path = LanguageVerifier(registry).identifier.model_path
             results["chain"] = bench_chain(load_docs(corpus, args.chain_docs, stock_ok), model_path)
+        if "tokens" in parts:
+            log("Qwen2 token counting (1 core)")
+            results["tokens"] = bench_tokens(load_docs(corpus, args.lid_docs), args.repeats)
         if "dedup" in parts:
             log("dedup recall / precision against exact Jaccard")
             results["dedup_quality"] = bench_dedup_quality(corpus, registry, work)
