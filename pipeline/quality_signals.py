@@ -145,14 +145,14 @@ def _as_dict(value) -> dict[str, float]:
 def compute_signals(text: str, words: list[str], rules: LanguageRules) -> dict[str, float | None]:
     """The named signals of one document (`words` is its segmentation), plus its line count."""
     n_words = len(words)
-    word_chars = [len(w) for w in words]
+    word_chars = list(map(len, words))
     total_word_chars = sum(word_chars)
     lines = [line.strip() for line in text.split("\n")]
     lines = [line for line in lines if line]
     n_non_space = len(text) - sum(map(text.count, " \t\n\r\u00a0\u3000"))
     stop_count = None
     if rules.stopwords is not None:
-        stop_count = sum(1 for w in words if w in rules.stopwords)
+        stop_count = sum(map(rules.stopwords.__contains__, words))
     return {
         "n_lines": float(len(lines)),
         "n_words": float(n_words),
