@@ -58,6 +58,7 @@ from stages.dedup import DedupSignatures, DedupWorkspace  # noqa: E402
 from stages.langid import LanguageIdFilter  # noqa: E402
 
 TICO = ROOT.parent / "shared" / "data" / "tico19_health_sentences.jsonl.gz"
+XMEDBENCH = ROOT.parent / "shared" / "data" / "xmedbench_dev_mcq.jsonl.gz"  # what decontam checks against
 RESULTS = ROOT / "bench" / "results" / "curation.json"
 CHAIN = ("dedup", "langid", "families", "quality", "decontam", "shards")
 GOALS = {
@@ -361,7 +362,14 @@ def run_our_chain(rows: list[dict], work: Path, stages: list[str]) -> dict:
         (out / name / "output").mkdir(parents=True, exist_ok=True)
         (out / name / ".done").write_text("bench\n")
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump({"executor": {"tasks": 1, "workers": 1}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "executor": {"tasks": 1, "workers": 1},
+                "decontam": {"benchmarks": [{"name": "xmedbench_dev", "path": str(XMEDBENCH)}]},
+            }
+        )
+    )
     cfg = load_config(config)
     per_stage, docs_out, failed = {}, None, None
     start = time.perf_counter()

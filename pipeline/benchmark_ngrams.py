@@ -121,11 +121,17 @@ def window_hashes(hashes: np.ndarray, lengths: list[int]) -> dict[int, np.ndarra
         return {n: (prefix[n:] - prefix[:-n]) * inverse[: count - n + 1] for n in lengths if n <= count}
 
 
+_POWER_TABLES: dict[int, np.ndarray] = {}
+
+
 def _powers(base: np.uint64, count: int) -> np.ndarray:
-    """base**0 .. base**(count-1) modulo 2**64."""
-    steps = np.full(count, base, dtype=np.uint64)
-    steps[0] = 1
-    return np.cumprod(steps, dtype=np.uint64)
+    """base**0 .. base**(count-1) modulo 2**64 (a slice of a table grown on demand)."""
+    table = _POWER_TABLES.get(int(base))
+    if table is None or len(table) < count:
+        steps = np.full(max(count, 4096, 2 * len(table) if table is not None else 0), base, dtype=np.uint64)
+        steps[0] = 1
+        table = _POWER_TABLES[int(base)] = np.cumprod(steps, dtype=np.uint64)
+    return table[:count]
 
 
 @dataclass(frozen=True)
@@ -142,10 +148,16 @@ class IndexSettings:
         return self.ngram_words, self.min_item_words
 
 
+_PRESENCE_BITS = 20
+
+
+def _presence_slot(hashes: np.ndarray) -> np.ndarray:
+    return (hashes >> np.uint64(64 - _PRESENCE_BITS)).astype(np.intp)
+
+
 def _tag(hashes: np.ndarray, length: int) -> np.ndarray:
     """Mix the window length into its hashes, so windows of every length share one sorted array."""
-    with np.errstate(over="ignore"):
-        return hashes ^ (np.uint64(length) * _BASE)
+    return hashes ^ np.uint64(length * int(_BASE) % (1 << 64))
 
 
 class NgramIndex:
@@ -163,6 +175,10 @@ class NgramIndex:
         self.refs = refs
         self.lengths = lengths
         self.texts = texts
+        # a 1 MB presence table over the keys' top bits: nearly every window is ruled out by one
+        # lookup there, and only the few that pass are binary-searched in `keys`
+        self._maybe = np.zeros(1 << _PRESENCE_BITS, dtype=bool)
+        self._maybe[_presence_slot(keys)] = True
 
     @classmethod
     def build(cls, texts: list[BenchmarkText], registry, settings: IndexSettings) -> tuple[NgramIndex, dict]:
@@ -202,18 +218,22 @@ class NgramIndex:
             return None
         windows = window_hashes(token_hashes(tokens), lengths)
         tagged = np.concatenate([_tag(h, n) for n, h in windows.items()])
-        slots = np.minimum(np.searchsorted(self.keys, tagged), len(self.keys) - 1)
-        hits = np.flatnonzero(self.keys[slots] == tagged)
+        candidates = np.flatnonzero(self._maybe[_presence_slot(tagged)])
+        if not len(candidates):
+            return None
+        slots = np.minimum(np.searchsorted(self.keys, tagged[candidates]), len(self.keys) - 1)
+        found = self.keys[slots] == tagged[candidates]
+        hits, hit_slots = candidates[found], slots[found]
         if not len(hits):
             return None
         # map each hit back to (window length, position); report the earliest, then the longest
         best: tuple[int, int, int] | None = None
         offset = 0
         for n, h in windows.items():
-            inside = hits[(hits >= offset) & (hits < offset + len(h))]
+            inside = np.flatnonzero((hits >= offset) & (hits < offset + len(h)))
             if len(inside):
-                position = int(inside[0]) - offset
-                candidate = (position, -n, int(self.refs[slots[inside[0]]]))
+                position = int(hits[inside[0]]) - offset
+                candidate = (position, -n, int(self.refs[hit_slots[inside[0]]]))
                 best = candidate if best is None else min(best, candidate)
             offset += len(h)
         position, negative_length, ref = best
