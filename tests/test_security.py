@@ -37,6 +37,9 @@ def _is_true(node) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
+SAFE_YAML_LOADERS = ("SafeLoader", "CSafeLoader")
+
+
 def unsafe_calls(source: str) -> list[str]:
     """What in one module could execute code hidden in data or models it loads."""
     found = []
@@ -53,7 +56,10 @@ def unsafe_calls(source: str) -> list[str]:
         if owner == "torch" and name == "load" and not _is_true(_kw(node, "weights_only")):
             found.append(f"{where} without weights_only=True")
         if owner == "yaml" and name in ("load", "load_all", "unsafe_load", "full_load", "unsafe_load_all"):
-            found.append(f"{where} (use yaml.safe_load)")
+            loader = _kw(node, "Loader")
+            safe = name == "load" and isinstance(loader, ast.Attribute) and loader.attr in SAFE_YAML_LOADERS
+            if not safe:
+                found.append(f"{where} (use yaml.safe_load or Loader=yaml.CSafeLoader)")
         if name == "load" and owner in ("np", "numpy") and _is_true(_kw(node, "allow_pickle")):
             found.append(f"{where} with allow_pickle=True")
         if name == "read_pickle" or (isinstance(func, ast.Name) and name in ("eval", "exec")):
@@ -71,11 +77,13 @@ def test_the_checker_catches_what_it_should():
         "import pickle\nimport dill as d\nfrom cloudpickle import loads\nimport torch, yaml, numpy as np\n"
         "torch.load('x.pt')\ntorch.load('x.pt', weights_only=False)\nyaml.load(s)\nyaml.unsafe_load(s)\n"
         "np.load('a.npy', allow_pickle=True)\neval('1')\nM.from_pretrained(p, trust_remote_code=True)\n"
-        "M.from_pretrained(p, use_safetensors=False)\n"
+        "M.from_pretrained(p, use_safetensors=False)\nyaml.load(s, Loader=yaml.Loader)\n"
+        "yaml.load(s, Loader=yaml.FullLoader)\n"
     )
-    assert len(unsafe_calls(bad)) == 11
+    assert len(unsafe_calls(bad)) == 13
     good = (
         "import torch, yaml\ntorch.load('o.pt', weights_only=True)\nyaml.safe_load(s)\nM.from_pretrained(p)\n"
+        "yaml.load(s, Loader=yaml.CSafeLoader)\n"
         "model.eval()\nmodel.to(d).eval()\n"
     )
     assert unsafe_calls(good) == []
