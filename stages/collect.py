@@ -14,14 +14,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipeline.config import Config, ConfigError, SourceSection
 from pipeline.readers import READERS, HFSourceReader, open_hf_dataset, required_fields, source_root
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.sources import expand_source_paths
 from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, list_parquet
+from pipeline.steps import RecordWriter, list_parquet, read_table
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def rejected_counts(rejected_dir: Path) -> dict[str, dict[str, int]]:
     """source -> reason -> number of rejected inputs, from the rejected/ files."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for path in list_parquet(rejected_dir):
-        table = pq.read_table(path, columns=["source", "reason"])
+        table = read_table(path, columns=["source", "reason"])
         for source, reason in zip(table["source"].to_pylist(), table["reason"].to_pylist(), strict=True):
             counts[source][reason] += 1
     return {s: dict(sorted(r.items())) for s, r in sorted(counts.items())}

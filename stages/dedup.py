@@ -47,7 +47,7 @@ from pipeline.minhash import (
 from pipeline.registry import Registry
 from pipeline.segment import segment
 from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordReader, RecordWriter, Rejection, list_parquet
+from pipeline.steps import RecordFilter, RecordReader, RecordWriter, Rejection, list_parquet, read_table
 
 KEEP, EXACT, NEAR = 0, 1, 2
 # Exact verification skips candidates whose signature estimate is this far below the threshold
@@ -122,7 +122,7 @@ class DedupWorkspace:
         return self.root / "clusters" / "summary.json"
 
     def meta(self, columns: list[str]) -> pa.Table:
-        tables = [pq.read_table(self.signature_paths(r)[0], columns=columns) for r in range(self.tasks)]
+        tables = [read_table(self.signature_paths(r)[0], columns=columns) for r in range(self.tasks)]
         return pa.concat_tables(tables)
 
     def counts(self) -> np.ndarray:
@@ -454,7 +454,7 @@ class DedupFilter(RecordFilter):
         self._rows = None
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        table = pq.read_table(self.workspace.cluster_path(rank))
+        table = read_table(self.workspace.cluster_path(rank))
         self._rows = zip(
             table.column("id").to_pylist(),
             table.column("kept_id").to_pylist(),

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipeline.registry import Registry, Scheme, UnassignedLanguageError
 from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordWriter, Rejection, list_parquet
+from pipeline.steps import RecordFilter, RecordWriter, Rejection, list_parquet, read_table
 
 
 class UnassignedLanguageFilter(RecordFilter):
@@ -65,7 +64,7 @@ def unassigned_languages(ctx: StageContext, scheme: Scheme) -> Counter:
     for directory in ctx.input_dirs():
         for path in list_parquet(directory):
             for language, n in Counter(
-                pq.read_table(path, columns=["language"])["language"].to_pylist()
+                read_table(path, columns=["language"])["language"].to_pylist()
             ).items():
                 if not scheme.has(language):
                     counts[language] += n

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 
 from pipeline.config import Config
@@ -37,7 +36,7 @@ from pipeline.llm.step import (
 from pipeline.registry import Registry, load_registry
 from pipeline.schema import derived_record
 from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, Rejection, document_to_record, list_parquet
+from pipeline.steps import RecordWriter, Rejection, document_to_record, list_parquet, read_table
 
 
 def passages(text: str, max_chars: int, limit: int) -> list[str]:
@@ -69,7 +68,7 @@ def count_items(cfg: Config, languages: set[str], input_dirs: list[Path]) -> int
     n = 0
     for directory in input_dirs:
         for path in list_parquet(directory):
-            table = pq.read_table(path, columns=["source", "source_type", "language", "messages", "exam"])
+            table = read_table(path, columns=["source", "source_type", "language", "messages", "exam"])
             rows = table.select(["source", "source_type", "language"]).to_pylist()
             has_messages = pc.is_valid(table["messages"]).to_pylist()
             has_exam = pc.is_valid(table["exam"]).to_pylist()

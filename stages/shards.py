@@ -30,7 +30,15 @@ from pipeline.dataset_card import write_dataset_card
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
 from pipeline.schema import RECORD_SCHEMA, rows_to_table
 from pipeline.stage import StageContext, corpus_config_hash
-from pipeline.steps import RecordFilter, Rejection, batched, document_to_record, list_parquet, write_error
+from pipeline.steps import (
+    RecordFilter,
+    Rejection,
+    batched,
+    document_to_record,
+    list_parquet,
+    read_table,
+    write_error,
+)
 
 PARTITIONS = "partitions"
 GROUP_INFO = "groups"
@@ -72,7 +80,7 @@ def linked_split_keys(input_dirs: list[Path]) -> dict[str, str]:
     linked_ids = []
     for directory in input_dirs:
         for path in list_parquet(directory):
-            table = pq.read_table(path, columns=["id", "parent_id", "group_id"])
+            table = read_table(path, columns=["id", "parent_id", "group_id"])
             table = table.filter(pc.or_(pc.is_valid(table["parent_id"]), pc.is_valid(table["group_id"])))
             for record_id, parent_id, group_id in zip(
                 *(table[c].to_pylist() for c in table.column_names), strict=True
@@ -226,7 +234,7 @@ def merge_group(
     """Write the final shards of one group; returns their ShardFile records and per-group statistics."""
     split, family, language = group
     runs = list_parquet(stage_dir / PARTITIONS / split / family / language)
-    ids = [pq.read_table(run, columns=["id"])["id"] for run in runs]
+    ids = [read_table(run, columns=["id"])["id"] for run in runs]
     order = pa.table(
         {
             "id": pa.concat_arrays([c.combine_chunks() for c in ids]) if ids else pa.array([], pa.string()),
@@ -245,7 +253,7 @@ def merge_group(
         pieces = []
         for run in sorted(set(chunk["run"].to_pylist())):
             rows = pc.filter(chunk["row"], pc.equal(chunk["run"], run))
-            pieces.append(pq.read_table(runs[run]).take(rows))
+            pieces.append(read_table(runs[run]).take(rows))
         table = pa.concat_tables(pieces).sort_by("id").cast(RECORD_SCHEMA)
         relpath = shard_relpath(split, family, language, index)
         path = stage_dir / relpath

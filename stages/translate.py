@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 
 from pipeline.config import Config, ConfigError, TranslateSection
@@ -36,7 +35,7 @@ from pipeline.llm.translation import Translator
 from pipeline.registry import Registry, load_registry
 from pipeline.schema import derived_record
 from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, document_to_record, list_parquet
+from pipeline.steps import RecordWriter, document_to_record, list_parquet, read_table
 
 DERIVED_KIND = "tr"
 
@@ -85,7 +84,7 @@ def count_items(input_dirs: list[Path], selection: Selection) -> int:
     per_target: Counter[str] = Counter()
     for directory in input_dirs:
         for path in list_parquet(directory):
-            table = pq.read_table(path, columns=["source", "source_type", "language"])
+            table = read_table(path, columns=["source", "source_type", "language"])
             for source, source_type, language in zip(
                 *(table[c].to_pylist() for c in table.column_names), strict=True
             ):
