@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.lid_verify import LanguageVerifier, confusable_group, verify
+from pipeline.lid_verify import LanguageVerifier, verify
 from pipeline.registry import Registry, UnknownLanguageError
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_paragraphs.jsonl"
@@ -68,7 +68,7 @@ def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
         for code in registry.codes
     }
     caught_by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    groups = {code: confusable_group(registry, code) for code in registry.codes}
+    groups = {code: registry.confusable_with(code) for code in registry.codes}
     for para, preds in zip(paragraphs, predictions, strict=True):
         if para.in_registry:
             stats = per_lang[para.language]

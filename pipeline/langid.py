@@ -5,18 +5,27 @@ One model load per process; predictions are batched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.registry import Registry
 
+# Whitespace that fastText does not split words on (it splits on space, \t, \v, \f, \r and \0):
+# the newline, which would end its input line, and the other characters `str.split` splits on
+# (NBSP and the Unicode spaces; tests/test_langid.py checks the list against `str.isspace`).
+FASTTEXT_FOREIGN_SPACES = "\n\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SEPARATORS = re.compile(f"[{FASTTEXT_FOREIGN_SPACES}]")
 
-@dataclass(frozen=True)
-class LidPrediction:
+
+class LidPrediction(NamedTuple):  # a tuple: built k times per document
     language: str | None  # registry code, None when the label is not a registry language
     label: str  # the model's own label, e.g. "en", "eng_Latn"
     score: float
+
+
+_new_prediction = tuple.__new__  # LidPrediction(...) without its Python-level __new__: k per document
 
 
 @lru_cache(maxsize=2)
@@ -41,6 +50,7 @@ class LanguageIdentifier:
             raise FileNotFoundError(f"language-ID model file not found: {self.model_path}")
         self.prefix = spec.label_prefix
         self.label_map = registry.lid_label_map(model)
+        self._decoded: dict[str, tuple[str | None, str]] | None = None
 
     @property
     def model(self):
@@ -51,13 +61,23 @@ class LanguageIdentifier:
 
     def predict(self, texts: list[str], k: int = 1) -> list[list[LidPrediction]]:
         """Top-k predictions per text (fastText needs single-line input, so newlines become spaces)."""
-        lines = [" ".join(t.split()) for t in texts]
+        lines = [_SEPARATORS.sub(" ", t) for t in texts]
         labels, scores = self.model.predict(lines, k=k)
-        out = []
-        for text_labels, text_scores in zip(labels, scores, strict=True):
-            preds = []
-            for label, score in zip(text_labels, text_scores, strict=True):
+        decoded = self._decoded_labels()
+        return [
+            [
+                _new_prediction(LidPrediction, (*decoded[label], score if score < 1.0 else 1.0))
+                for label, score in zip(text_labels, text_scores.tolist(), strict=True)
+            ]
+            for text_labels, text_scores in zip(labels, scores, strict=True)
+        ]
+
+    def _decoded_labels(self) -> dict[str, tuple[str | None, str]]:
+        """Every model label -> (registry code or None, label without its prefix), computed once."""
+        if self._decoded is None:
+            decoded = {}
+            for label in self.model.get_labels():
                 raw = label[len(self.prefix) :] if label.startswith(self.prefix) else label
-                preds.append(LidPrediction(self.label_map.get(raw), raw, float(min(score, 1.0))))
-            out.append(preds)
-        return out
+                decoded[label] = (self.label_map.get(raw), raw)
+            self._decoded = decoded
+        return self._decoded

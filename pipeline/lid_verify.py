@@ -137,15 +137,6 @@ def dominant_script(text: str, sample: int = 400) -> str:
     return f"{name.title()} ({code})" if code else name.title()
 
 
-def confusable_group(registry: Registry, code: str) -> frozenset[str]:
-    """`code` and every language the registry lists as confusable with it."""
-    group = {code}
-    for members in registry.confusable_groups:
-        if code in members:
-            group |= members
-    return frozenset(group)
-
-
 def verify(
     text: str,
     declared: str,
@@ -161,7 +152,7 @@ def verify(
     if len(text) < thresholds.min_chars:
         return Verdict(True, lid_language, lid_score)
     language = registry.get(declared)
-    group = confusable_group(registry, declared)
+    group = registry.confusable_with(declared)
     if language.lid_labels_for(model):
         mass = sum(p.score for p in predictions if p.language in group)
         if mass >= thresholds.for_language(declared):

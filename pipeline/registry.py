@@ -115,6 +115,7 @@ class Registry:
     confusable_groups: tuple[frozenset[str], ...]
     lid_models: dict[str, LidModel]
     _alias_index: dict[str, str] = field(default_factory=dict, repr=False)
+    _confusable_sets: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     # ---- languages -------------------------------------------------------------------------
     @property
@@ -161,6 +162,15 @@ class Registry:
 
     def confusable(self, a: str, b: str) -> bool:
         return a == b or any(a in group and b in group for group in self.confusable_groups)
+
+    def confusable_with(self, code: str) -> frozenset[str]:
+        """`code` and every language a confusable group puts with it (looked up per record by
+        language ID, so computed once per code)."""
+        group = self._confusable_sets.get(code)
+        if group is None:
+            group = frozenset({code}.union(*(g for g in self.confusable_groups if code in g)))
+            self._confusable_sets[code] = group
+        return group
 
     def lid_label_map(self, model: str) -> dict[str, str]:
         """fastText label (without prefix) -> registry code, for one language-ID model."""

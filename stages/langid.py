@@ -44,27 +44,24 @@ class LanguageIdFilter(RecordFilter):
         self.batch_size = batch_size
 
     def check_batch(self, docs: list[Document]) -> list[Rejection | None]:
-        known = [d for d in docs if d.metadata["language"] in self.verifier.registry.languages]
-        verdicts = dict(
-            zip(
-                (id(d) for d in known),
-                self.verifier.verify_batch(
-                    [content_text(d.text, d.metadata.get("messages"), d.metadata.get("exam")) for d in known],
-                    [d.metadata["language"] for d in known],
-                ),
-                strict=True,
+        languages = self.verifier.registry.languages
+        known = [d for d in docs if d.metadata["language"] in languages]
+        verdicts = iter(
+            self.verifier.verify_batch(
+                [content_text(d.text, d.metadata.get("messages"), d.metadata.get("exam")) for d in known],
+                [d.metadata["language"] for d in known],
             )
         )
         out: list[Rejection | None] = []
         for doc in docs:
-            verdict = verdicts.get(id(doc))
-            if verdict is None:  # a record whose language the registry does not know cannot be verified
+            if doc.metadata["language"] not in languages:  # a language the registry lacks cannot be verified
                 out.append(
                     Rejection(
                         "unknown_language", f"language {doc.metadata['language']!r} is not in the registry"
                     )
                 )
                 continue
+            verdict = next(verdicts)
             doc.metadata["lid_language"] = verdict.lid_language
             doc.metadata["lid_score"] = verdict.lid_score
             out.append(None if verdict.keep else Rejection(verdict.reason, verdict.detail))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.lid_verify import LanguageVerifier, LidThresholds, confusable_group
+from pipeline.lid_verify import LanguageVerifier, LidThresholds
 from pipeline.stage import run_stage
 from pipeline.steps import list_parquet, read_records
 
@@ -141,7 +141,7 @@ def test_keep_and_catch_rates_small(shared_data, registry):
         verdicts = verifier.verify_batch(texts, [lang] * len(texts))
         kept += sum(v.keep for v in verdicts)
         total += len(texts)
-        others = [c for c in registry.codes if c not in confusable_group(registry, lang)]
+        others = [c for c in registry.codes if c not in registry.confusable_with(lang)]
         declared = [rng.choice(others) for _ in texts]
         wrong = verifier.verify_batch(texts, declared)
         caught += sum(not v.keep for v in wrong)
@@ -221,3 +221,19 @@ def test_exam_and_dialogue_rows_are_identified_on_their_own_words(tmp_path, writ
     _, kept, removed = run_langid(tmp_path, write_config, rows)
     assert removed == {}
     assert kept["exam"]["lid_language"] == "de" and kept["chat"]["lid_language"] == "de"
+
+
+def test_fasttext_input_separators_cover_every_unicode_space():
+    """fastText splits words on ASCII whitespace only; every other space must become one first."""
+    import re
+    import sys
+
+    from pipeline.langid import _SEPARATORS
+
+    others = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c not in " \t\v\f\r"]
+    assert all(_SEPARATORS.fullmatch(c) for c in others)
+    assert not _SEPARATORS.search("".join(c for c in map(chr, range(0x3100)) if not c.isspace()))
+    assert (
+        re.sub(r"\s+", " ", "a\u00a0b\u3000c\nd").split()
+        == _SEPARATORS.sub(" ", "a\u00a0b\u3000c\nd").split()
+    )

@@ -73,6 +73,10 @@ def test_confusable_groups(registry):
         and registry.confusable("da", "no")
     )
     assert not registry.confusable("en", "fr")
+    assert {"bs", "sr"} <= registry.confusable_with("bs") and "en" not in registry.confusable_with("bs")
+    assert registry.confusable_with("en") == {"en"}
+    for code in registry.codes:  # the cached sets say what `confusable` says
+        assert registry.confusable_with(code) == {c for c in registry.codes if registry.confusable(code, c)}
 
 
 @pytest.mark.parametrize(
