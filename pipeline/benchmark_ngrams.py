@@ -13,13 +13,14 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import regex
-import xxhash
 
 from pipeline.config import ConfigError
+from pipeline.minhash import token_hashes
 from pipeline.segment import segment
 
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse modulo 2**64
@@ -103,10 +104,6 @@ def _item_texts(name, path, lineno, line, registry, language, source) -> list[Be
     if isinstance(answer, str) and answer.strip() and not _ANSWER_LABEL.match(answer):
         texts.append(BenchmarkText(name, item, "answer", code, answer))
     return texts
-
-
-def token_hashes(tokens: list[str]) -> np.ndarray:
-    return np.fromiter((xxhash.xxh3_64_intdigest(t) for t in tokens), dtype=np.uint64, count=len(tokens))
 
 
 def window_hashes(hashes: np.ndarray, lengths: list[int]) -> dict[int, np.ndarray]:
@@ -213,31 +210,41 @@ class NgramIndex:
 
     def find(self, tokens: list[str], segmentation: str = "space") -> tuple[BenchmarkText, int, int] | None:
         """The first benchmark text sharing an n-gram with `tokens`: (text, position, length)."""
-        lengths = self.lengths.get(segmentation, [])
-        if not len(self.keys) or not tokens or not lengths or len(tokens) < lengths[0]:
-            return None
-        windows = window_hashes(token_hashes(tokens), lengths)
-        tagged = np.concatenate([_tag(h, n) for n, h in windows.items()])
-        candidates = np.flatnonzero(self._maybe[_presence_slot(tagged)])
-        if not len(candidates):
-            return None
-        slots = np.minimum(np.searchsorted(self.keys, tagged[candidates]), len(self.keys) - 1)
-        found = self.keys[slots] == tagged[candidates]
-        hits, hit_slots = candidates[found], slots[found]
-        if not len(hits):
-            return None
-        # map each hit back to (window length, position); report the earliest, then the longest
-        best: tuple[int, int, int] | None = None
-        offset = 0
-        for n, h in windows.items():
-            inside = np.flatnonzero((hits >= offset) & (hits < offset + len(h)))
-            if len(inside):
-                position = int(hits[inside[0]]) - offset
-                candidate = (position, -n, int(self.refs[hit_slots[inside[0]]]))
-                best = candidate if best is None else min(best, candidate)
-            offset += len(h)
-        position, negative_length, ref = best
-        return self.texts[ref], position, -negative_length
+        return self.find_batch([tokens], segmentation)[0]
+
+    def find_batch(
+        self, token_lists: list[list[str]], segmentation: str = "space"
+    ) -> list[tuple[BenchmarkText, int, int] | None]:
+        """`find` for many documents of one segmentation at once: their tokens are hashed and their
+        windows rolled as one sequence (windows straddling two documents are dropped), so numpy runs
+        a few times per batch rather than per document."""
+        found: list[tuple[BenchmarkText, int, int] | None] = [None] * len(token_lists)
+        lengths = [n for n in self.lengths.get(segmentation, []) if n > 0]
+        if not len(self.keys) or not lengths:
+            return found
+        sizes = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        hashes = token_hashes(list(chain.from_iterable(token_lists)))
+        doc_of_token = np.repeat(np.arange(len(token_lists)), sizes)
+        best: dict[int, tuple[int, int, int]] = {}  # doc -> (position, -length, ref): earliest, then longest
+        for n, windows in window_hashes(hashes, lengths).items():
+            tagged = _tag(windows, n)
+            candidates = np.flatnonzero(self._maybe[_presence_slot(tagged)])
+            if not len(candidates):
+                continue
+            slots = np.minimum(np.searchsorted(self.keys, tagged[candidates]), len(self.keys) - 1)
+            hit = self.keys[slots] == tagged[candidates]
+            for start, slot in zip(candidates[hit].tolist(), slots[hit].tolist(), strict=True):
+                doc = int(doc_of_token[start])
+                position = start - int(starts[doc])
+                if position + n > sizes[doc]:
+                    continue  # the window runs into the next document
+                candidate = (position, -n, int(self.refs[slot]))
+                if doc not in best or candidate < best[doc]:
+                    best[doc] = candidate
+        for doc, (position, negative_length, ref) in best.items():
+            found[doc] = (self.texts[ref], position, -negative_length)
+        return found
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp.npz")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from pipeline.benchmark_ngrams import IndexSettings, NgramIndex, read_benchmark
+from pipeline.benchmark_ngrams import BenchmarkText, IndexSettings, NgramIndex, read_benchmark
 from pipeline.segment import segment
 from pipeline.stage import StageContext
 from pipeline.steps import RecordFilter, RecordWriter, Rejection, list_parquet, read_records
@@ -26,6 +26,7 @@ class BenchmarkOverlapFilter(RecordFilter):
     """Sets aside documents that contain an n-gram of a benchmark question or option."""
 
     name = "🧪 benchmark overlap"
+    batch_size = 256
 
     def __init__(self, quarantine_dir, stage: str, index_path: Path, segmentation: dict[str, str]):
         super().__init__(quarantine_dir, stage)
@@ -33,15 +34,23 @@ class BenchmarkOverlapFilter(RecordFilter):
         self.segmentation = segmentation
         self._index: NgramIndex | None = None
 
-    def check(self, doc: Document) -> Rejection | None:
+    def check_batch(self, docs: list[Document]) -> list[Rejection | None]:
         if self._index is None:
             self._index = NgramIndex.load(self.index_path)
-        segmentation = self.segmentation.get(doc.metadata["language"], "space")
-        tokens = segment(doc.text, segmentation)
-        found = self._index.find(tokens, segmentation)
-        if found is None:
-            return None
-        text, position, length = found
+        segmentations = [self.segmentation.get(d.metadata["language"], "space") for d in docs]
+        tokens = [segment(d.text, s) for d, s in zip(docs, segmentations, strict=True)]
+        verdicts: list[Rejection | None] = [None] * len(docs)
+        for segmentation in set(segmentations):
+            chosen = [i for i, s in enumerate(segmentations) if s == segmentation]
+            matches = self._index.find_batch([tokens[i] for i in chosen], segmentation)
+            for i, found in zip(chosen, matches, strict=True):
+                if found is not None:
+                    verdicts[i] = self._rejection(tokens[i], segmentation, *found)
+        return verdicts
+
+    def _rejection(
+        self, tokens: list[str], segmentation: str, text: BenchmarkText, position: int, length: int
+    ) -> Rejection:
         joiner = "" if segmentation == "char" else " "
         shared = joiner.join(tokens[position : position + length])
         if len(shared) > 160:

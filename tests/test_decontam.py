@@ -120,6 +120,26 @@ def test_character_ngrams_for_unsegmented_scripts(tmp_path, registry):
     assert index.find(segment("前言：" + long_item[5:54] + "。以上。", "char"), "char") is None
 
 
+def test_batched_lookup_equals_one_by_one_and_never_matches_across_documents(tmp_path, registry):
+    question = "which drug is the first line treatment for uncomplicated falciparum malaria in adults today"
+    path = _write_benchmark(tmp_path / "b.jsonl", [{"lang": "en", "question": question}])
+    index, _ = NgramIndex.build(read_benchmark("b", path, registry), registry, IndexSettings(13, 50, 10, 20))
+    words = question.split()
+    documents = [
+        "an unrelated sentence about fever " + question + " and more",  # a copy
+        " ".join(words[:7]),  # the first 7 words end this document ...
+        " ".join(words[7:]),  # ... and the rest start the next: together a copy, apart none
+        "short",
+        "",
+        "a second copy: " + question,
+    ]
+    tokens = [segment(text, "space") for text in documents]
+    one_by_one = [index.find(t, "space") for t in tokens]
+    assert index.find_batch(tokens, "space") == one_by_one
+    assert [found is not None for found in one_by_one] == [True, False, False, False, False, True]
+    assert one_by_one[0][1:] == (5, 13) and one_by_one[5][1:] == (3, 13)
+
+
 def test_xmedbench_copies_found_in_real_text(tmp_path, write_config, shared_data):
     bench = shared_data / "xmedbench_dev_mcq.jsonl.gz"
     with gzip.open(bench, "rt", encoding="utf-8") as fh:
