@@ -77,6 +77,23 @@ GOALS = {
 }
 
 
+def git_commit() -> str | None:
+    """The commit measured (with `+dirty` when the tree has uncommitted changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -777,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_average_at_start": [round(x, 2) for x in load_start],
         },
+        "command": " ".join(["bench/bench_curation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": git_commit(),
         "corpus": {"docs": args.docs, "path": str(corpus.relative_to(ROOT))},
         "goals": GOALS,
     }
