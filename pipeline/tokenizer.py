@@ -14,8 +14,10 @@ Two views of the same tokenizer:
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import unicodedata
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,14 +56,29 @@ def _byte_decoder() -> dict[str, int]:
     return table
 
 
+@contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Qwen2TokenCounter:
     """Counts Qwen2 tokens exactly as the `tokenizers` library does (no special tokens added; added
     tokens such as `<|im_end|>` written in the text count as one token, as they do there)."""
 
     def __init__(self, tokenizer_json: Path):
+        with _gc_paused():  # 300k short-lived containers (the merges list): no collections meanwhile
+            self._build(Path(tokenizer_json))
+
+    def _build(self, tokenizer_json: Path) -> None:
         import tiktoken
 
-        spec = orjson.loads(Path(tokenizer_json).read_bytes())
+        spec = orjson.loads(tokenizer_json.read_bytes())
         normalizer = (spec.get("normalizer") or {}).get("type")
         splits = [
             p for p in (spec.get("pre_tokenizer") or {}).get("pretokenizers", []) if p["type"] == "Split"
@@ -70,9 +87,10 @@ class Qwen2TokenCounter:
             raise ValueError(
                 f"{tokenizer_json}: not a Qwen2-style tokenizer (BPE, NFC, one Split pre-tokenizer)"
             )
-        decode = _byte_decoder()
+        as_latin1 = str.maketrans({stand_in: chr(byte) for stand_in, byte in _byte_decoder().items()})
         ranks = {
-            bytes(map(decode.__getitem__, token)): rank for token, rank in spec["model"]["vocab"].items()
+            token.translate(as_latin1).encode("latin-1"): rank
+            for token, rank in spec["model"]["vocab"].items()
         }
         self.added = {t["content"]: t["id"] for t in spec["added_tokens"]}
         self.encoding = tiktoken.Encoding(
