@@ -71,3 +71,13 @@ def test_a_tokenizer_of_another_kind_is_refused_with_the_file_named(tmp_path):
     path.write_text(json.dumps(spec), encoding="utf-8")
     with pytest.raises(ValueError, match="tokenizer.json: not a Qwen2-style tokenizer"):
         Qwen2TokenCounter(path)
+
+
+def test_a_tokenizer_whose_merges_are_out_of_id_order_is_refused(tmp_path):
+    spec = json.loads((qwen2_tokenizer_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    merges = spec["model"]["merges"]
+    merges[10], merges[11] = merges[11], merges[10]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="merges are not in token-id order"):
+        Qwen2TokenCounter(path)
