@@ -20,6 +20,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import regex
 
@@ -75,8 +76,7 @@ class LidThresholds:
         return cls(per_language={**DEFAULT_THRESHOLDS.get(model, {}), **(overrides or {})}, **kwargs)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: one per record
     keep: bool
     lid_language: str | None  # registry code of the top prediction, or the model's raw label
     lid_score: float | None
