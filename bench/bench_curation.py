@@ -765,7 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale-docs", type=int, default=1_000_000, help="documents for the dedup scale test (0: skip)"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timing rounds (interleaved; the fastest counts)"
+    )
     parser.add_argument(
         "--chain-repeats", type=int, default=2, help="runs of each whole chain (the fastest counts)"
     )
