@@ -63,6 +63,15 @@ TICO = ROOT.parent / "shared" / "data" / "tico19_health_sentences.jsonl.gz"
 XMEDBENCH = ROOT.parent / "shared" / "data" / "xmedbench_dev_mcq.jsonl.gz"  # what decontam checks against
 RESULTS = ROOT / "bench" / "results" / "curation.json"
 CHAIN = ("dedup", "langid", "families", "quality", "decontam", "shards")
+PART_KEYS = {  # --only name -> its entry in the results
+    "langid": "langid",
+    "signatures": "signatures",
+    "chain": "chain",
+    "tokens": "tokens",
+    "dedup": "dedup_quality",
+    "lid": "lid_quality",
+    "scale": "scale",
+}
 GOALS = {
     "langid_vs_raw_fasttext": 0.90,
     "signature_speedup": 10.0,
@@ -84,7 +93,17 @@ def git_commit() -> str | None:
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!bench/results",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -783,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shared data not found: {TICO}", file=sys.stderr)
         return 2
     quiet_datatrove()
-    parts = set(args.only or ["langid", "signatures", "chain", "tokens", "dedup", "scale", "lid"])
+    parts = set(args.only or PART_KEYS)
     registry = load_registry()
     load_start = os.getloadavg()
     started = time.perf_counter()
@@ -850,9 +869,13 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    measured = {"command": results["command"], "commit": results["commit"], "machine": results["machine"]}
+    for part in PART_KEYS.values():
+        if part in results:
+            results[part]["measured"] = measured  # which run each part comes from
     if args.out.exists() and args.only:  # a partial run updates its parts only
         previous = json.loads(args.out.read_text())
-        previous.update(results)
+        previous.update({k: v for k, v in results.items() if k not in ("command", "commit", "machine")})
         results = previous
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {args.out}")
