@@ -211,10 +211,15 @@ def bench_langid(docs: list[dict], registry, repeats: int) -> dict:
         timings["medbabel"].append(best_time(medbabel, 1))
         timings["datatrove"].append(best_time(datatrove, 1))
     rates = {name: len(docs) / min(t) for name, t in timings.items()}
+    # raw and ours back to back in each round: the spread of their ratio shows how far the
+    # machine's drift moves a single comparison (the goal is judged on the fastest runs)
+    per_round = sorted(r / o for r, o in zip(timings["raw_fasttext"], timings["medbabel"], strict=True))
     return {
         "docs": len(docs),
+        "rounds": repeats,
         "docs_per_s": {k: round(v, 1) for k, v in rates.items()},
         "medbabel_vs_raw_fasttext": round(rates["medbabel"] / rates["raw_fasttext"], 3),
+        "medbabel_vs_raw_fasttext_per_round": [round(r, 3) for r in per_round],
         "medbabel_vs_datatrove": round(rates["medbabel"] / rates["datatrove"], 2),
     }
 
@@ -638,6 +643,7 @@ def table(results: dict) -> str:
     dq, scale, lq = results.get("dedup_quality"), results.get("scale"), results.get("lid_quality")
     if lid:
         r = lid["docs_per_s"]
+        spread = lid.get("medbabel_vs_raw_fasttext_per_round") or [lid["medbabel_vs_raw_fasttext"]]
         rows.append(
             (
                 "LID docs/s: raw fastText / ours / datatrove",
@@ -648,8 +654,8 @@ def table(results: dict) -> str:
         )
         rows.append(
             (
-                "LID ours vs raw fastText",
-                f"{lid['medbabel_vs_raw_fasttext']:.2f}",
+                "LID ours vs raw fastText (fastest runs)",
+                f"{lid['medbabel_vs_raw_fasttext']:.2f} (per round {min(spread):.2f}-{max(spread):.2f})",
                 ">= 0.90",
                 check(lid["medbabel_vs_raw_fasttext"], 0.9),
             )
