@@ -3,9 +3,10 @@
 Every benchmark question and option is segmented like the corpus (`pipeline.segment`, by the
 item's language) and reduced to 64-bit hashes of its n-grams (n words, or n characters for
 unsegmented scripts); a text shorter than n but at least `min_item_*` long is indexed whole. A
-document is checked by hashing all of its n-grams of every indexed length at once with numpy
-(prefix sums of token hashes times powers of an odd constant, so a window's hash is two vector
-operations away) and looking them up in sorted arrays.
+batch of documents is checked by hashing all of their n-grams of every indexed length at once with
+numpy (prefix sums of token hashes times powers of an odd constant, so a window's hash is two
+vector operations away), ruling nearly all of them out in a 1 MB presence table and looking the
+rest up in one sorted array.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class BenchmarkOverlapFilter(RecordFilter):
         segmentations = [self.segmentation.get(d.metadata["language"], "space") for d in docs]
         tokens = [segment(d.text, s) for d, s in zip(docs, segmentations, strict=True)]
         verdicts: list[Rejection | None] = [None] * len(docs)
-        for segmentation in set(segmentations):
+        for segmentation in sorted(set(segmentations)):
             chosen = [i for i, s in enumerate(segmentations) if s == segmentation]
             matches = self._index.find_batch([tokens[i] for i in chosen], segmentation)
             for i, found in zip(chosen, matches, strict=True):
