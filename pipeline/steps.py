@@ -182,16 +182,25 @@ class RecordWriter(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         out = AtomicParquetFile(self.output_dir / f"{rank:05d}.parquet", RECORD_SCHEMA, self.row_group_size)
+        written: Counter[str] = Counter()  # counted here, added to the stats once (per-record updates cost)
         try:
             for doc in data:
-                with self.track_time():
-                    out.write(document_to_record(doc))
-                    self.stat_update("out", f"out/{doc.metadata['language']}")
+                out.write(document_to_record(doc))
+                written[doc.metadata["language"]] += 1
                 yield doc
         except BaseException:
             out.abort()
             raise
-        out.close()
+        with self.track_time(unit="file"):
+            out.close()
+        count_per_language(self, "out", written)
+
+
+def count_per_language(step: PipelineStep, name: str, counts: Counter[str]) -> None:
+    """Add `name` (the total) and `name/<language>` to a step's stats."""
+    step.stat_update(name, value=sum(counts.values()))
+    for language, n in sorted(counts.items()):
+        step.stat_update(f"{name}/{language}", value=n)
 
 
 @dataclass(frozen=True)

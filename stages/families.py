@@ -47,15 +47,17 @@ class FamilyTagger(PipelineStep):
         self.scheme = scheme
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        tagged: Counter[str] = Counter()
         for doc in data:
-            with self.track_time():
-                language = doc.metadata["language"]
-                expert = self.scheme.expert_for(language)
-                doc.metadata["family"] = expert.name
-                doc.metadata["expert_id"] = expert.id
-                doc.metadata["tier"] = self.registry.get(language).tier
-                self.stat_update(f"family/{expert.name}")
+            language = doc.metadata["language"]
+            expert = self.scheme.expert_for(language)
+            doc.metadata["family"] = expert.name
+            doc.metadata["expert_id"] = expert.id
+            doc.metadata["tier"] = self.registry.get(language).tier
+            tagged[expert.name] += 1
             yield doc
+        for family, n in sorted(tagged.items()):
+            self.stat_update(f"family/{family}", value=n)
 
 
 def unassigned_languages(ctx: StageContext, scheme: Scheme) -> Counter:

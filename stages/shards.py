@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +34,7 @@ from pipeline.steps import (
     RecordFilter,
     Rejection,
     batched,
+    count_per_language,
     document_to_record,
     list_parquet,
     read_table,
@@ -167,15 +168,17 @@ class PartitionWriter(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         buffers: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
         runs: dict[tuple[str, str, str], int] = defaultdict(int)
+        written: Counter[str] = Counter()
         for doc in data or ():
             row = document_to_record(doc)
             group = (row["split"], row["family"], row["language"])
             buffers[group].append(row)
-            self.stat_update("out", f"out/{row['language']}")
+            written[row["language"]] += 1
             if len(buffers[group]) >= self.buffer_rows:
                 self._flush(group, buffers.pop(group), rank, runs)
         for group in sorted(buffers):
             self._flush(group, buffers[group], rank, runs)
+        count_per_language(self, "out", written)
         return
         yield
 
