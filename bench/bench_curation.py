@@ -655,7 +655,7 @@ def table(results: dict) -> str:
         rows.append(
             (
                 "LID ours vs raw fastText (fastest runs)",
-                f"{lid['medbabel_vs_raw_fasttext']:.2f} (per round {min(spread):.2f}-{max(spread):.2f})",
+                f"{lid['medbabel_vs_raw_fasttext']:.3f} (per round {min(spread):.2f}-{max(spread):.2f})",
                 ">= 0.90",
                 check(lid["medbabel_vs_raw_fasttext"], 0.9),
             )

@@ -1,0 +1,36 @@
+"""The curation benchmark runs end to end at a small size (its full run is `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_curation_benchmark_smoke(tmp_path, shared_data):
+    out = tmp_path / "curation.json"
+    small = ["--docs", "2000", "--lid-docs", "300", "--sig-docs", "150", "--chain-docs", "300"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_curation.py"), *small, "--scale-docs", "0"]
+        + ["--chain-repeats", "1", "--repeats", "1", "--only", "langid", "signatures", "chain", "tokens"]
+        + ["dedup", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chain speed-up" in result.stdout
+    results = json.loads(out.read_text())
+    assert results["commit"] and results["command"].startswith("bench/bench_curation.py")
+    chain = results["chain"]
+    assert chain["medbabel"]["failed"] is None
+    assert chain["stages_measured"] == ["dedup", "langid", "families", "quality", "decontam", "shards"]
+    assert 0 < chain["medbabel"]["docs_out"] <= 300 and chain["speedup"] > 0
+    assert results["tokens"]["counts_differ"] == 0 and results["tokens"]["tokens"] > 0
+    assert results["dedup_quality"]["recall"] > 0.9
+    assert results["langid"]["docs_per_s"]["medbabel"] > 0
+    for part in ("langid", "signatures", "chain", "tokens", "dedup_quality"):
+        assert results[part]["measured"]["commit"] == results["commit"]
