@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,12 @@ from pipeline.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def run_stage_cli(stage: str, config: str | Path, out: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m pipeline run <stage> --config ... --out ...` from the project root, as a user runs it."""
+    command = [sys.executable, "-m", "pipeline", "run", stage, "--config", str(config), "--out", str(out)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 import zstandard
-from conftest import ROOT
+from conftest import ROOT, run_stage_cli
 
 from pipeline.config import CollectSection, ConfigError, SourceSection, load_config
 from pipeline.readers import REJECT_REASONS
@@ -454,22 +454,7 @@ def test_inconsistent_source_fields_fail_at_load(tmp_path, overrides, message):
 
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     path = _config(tmp_path, [])
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "collect",
-            "--config",
-            str(path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_stage_cli("collect", path, tmp_path / "o")
     assert result.returncode == 2
     assert "no sources configured" in result.stderr and "Traceback" not in result.stderr
 
@@ -518,22 +503,7 @@ def test_committed_sample_is_what_build_sample_produces(tmp_path):
 def demo(tmp_path_factory):
     """`python -m pipeline run collect` over configs/demo.yaml: (records, rejects, summary)."""
     out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "collect",
-            "--config",
-            "configs/demo.yaml",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_stage_cli("collect", "configs/demo.yaml", out)
     assert result.returncode == 0, result.stderr
     records = [r for p in list_parquet(out / "collect" / "output") for r in pq.read_table(p).to_pylist()]
     rejects = [r for p in list_parquet(out / "collect" / "rejected") for r in pq.read_table(p).to_pylist()]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import run_stage_cli
 from hostile_corpus import build_cases, build_stops
 
 from pipeline.cli import main as cli_main
@@ -41,23 +40,8 @@ def collected(tmp_path_factory):
     config.write_text(
         yaml.safe_dump({"executor": {"tasks": 2, "workers": 1}, "sources": [c.source for c in cases]})
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "collect",
-            "--config",
-            str(config),
-            "--out",
-            str(tmp / "out"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    result = run_stage_cli(
+        "collect", config, tmp / "out", timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT))
     )
     return cases, tmp / "out", result
 

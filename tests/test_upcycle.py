@@ -14,15 +14,7 @@ NUM_EXPERTS = 7
 def small_dense(seed: int = 0, tie: bool = True) -> Qwen2ForCausalLM:
     """The tiny preset's shape with a small vocabulary (fast), random weights and random norm gains."""
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
+    config = Qwen2Config(**{**PRESETS["tiny"], "vocab_size": 512, "tie_word_embeddings": tie})
     model = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():  # non-trivial norms and biases, so copying them is actually checked
         for param in model.parameters():
