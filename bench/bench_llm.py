@@ -119,18 +119,24 @@ def client_row(base_url: str, concurrency: int, case: str = "client", waves: int
         runs = [asyncio.run(run_aiohttp(base_url, concurrency, n)) for _ in range(REPEATS)]
     else:
         runs = [asyncio.run(run_client(base_url, concurrency, n, case == "typed")) for _ in range(REPEATS)]
-    wall, cpu = min(runs)  # best of REPEATS: the machine is shared, the slow runs measure other load
+    return rate_row(CASES[case], concurrency, n, runs)
+
+
+def rate_row(case: str, concurrency: int, requests: int, runs: list[tuple[float, float]]) -> dict:
+    """A table row from (wall, cpu) seconds of each run; best of the runs: the machine is shared, the
+    slow runs measure other load."""
+    wall, cpu = min(runs)
     ideal = concurrency / LATENCY_S
     return {
-        "case": CASES[case],
+        "case": case,
         "concurrency": concurrency,
-        "requests": n,
+        "requests": requests,
         "seconds": round(wall, 3),
-        "requests_per_s": round(n / wall, 1),
+        "requests_per_s": round(requests / wall, 1),
         "ideal_per_s": ideal,
-        "efficiency": round(n / wall / ideal, 3),
-        "efficiency_runs": sorted(round(n / w / ideal, 3) for w, _ in runs),
-        "client_cpu_ms_per_request": round(cpu / n * 1000, 3),
+        "efficiency": round(requests / wall / ideal, 3),
+        "efficiency_runs": sorted(round(requests / w / ideal, 3) for w, _ in runs),
+        "client_cpu_ms_per_request": round(cpu / requests * 1000, 3),
     }
 
 
@@ -168,20 +174,9 @@ def stage_row(base_url: str, concurrency: int) -> dict:
                 finally:
                     sys.stdout, sys.stderr = stdout, stderr
             runs.append((time.perf_counter() - wall, time.process_time() - cpu))
-    wall, cpu = min(runs)
-    requests = summary["llm"]["requests"]
-    ideal = concurrency / LATENCY_S
-    return {
-        "case": "translate stage (cache, checks, datatrove)",
-        "concurrency": concurrency,
-        "requests": requests,
-        "seconds": round(wall, 3),
-        "requests_per_s": round(requests / wall, 1),
-        "ideal_per_s": ideal,
-        "efficiency": round(requests / wall / ideal, 3),
-        "efficiency_runs": sorted(round(requests / w / ideal, 3) for w, _ in runs),
-        "client_cpu_ms_per_request": round(cpu / requests * 1000, 3),
-    }
+    return rate_row(
+        "translate stage (cache, checks, datatrove)", concurrency, summary["llm"]["requests"], runs
+    )
 
 
 LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
