@@ -48,6 +48,7 @@ import yaml  # noqa: E402
 from corpus import cached_corpus  # noqa: E402
 from datatrove.data import Document  # noqa: E402
 from lid_eval import evaluate, load_paragraphs  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.lid_verify import LanguageVerifier  # noqa: E402
@@ -84,33 +85,6 @@ GOALS = {
     "lid_catch": 0.95,
     "lid_accuracy": 0.90,
 }
-
-
-def git_commit() -> str | None:
-    """The commit measured (with `+dirty` when the tree has uncommitted changes)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(ROOT),
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ".",
-                ":!bench/results",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def log(msg: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from provenance import git_commit  # noqa: E402
 
 from moe_train.mcq import load_benchmark  # noqa: E402
 from moe_train.model import PRESETS, dense_config, moe_config_from_dense  # noqa: E402
@@ -99,9 +100,7 @@ def main() -> None:
                     a == b for a, b in zip(picks, reference, strict=True)
                 )
             rows.append(row)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     result = {
         "benchmark": "eval throughput, XMedBench dev, 3-shot prompts",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -24,7 +24,6 @@ import gc
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -35,6 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from provenance import git_commit  # noqa: E402
 
 from moe_train.data import PackedSequence, collate  # noqa: E402
 from moe_train.flops import attention_pairs, peak_flops, training_flops  # noqa: E402
@@ -310,15 +311,6 @@ def print_table(results: list[dict]) -> None:
             f"{r['shape']:<11} {r['variant']:<14} {r['compile']!s:<7} {1000 * r['step_s']:>8.1f} "
             f"{r['tokens_per_s']:>9.0f} {mfu:>6} {mem:>8} {r['loss_first']:>6.2f}>{r['loss_last']:<6.2f}"
         )
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
