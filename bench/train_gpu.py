@@ -8,9 +8,10 @@ For each model shape (random init, Qwen2-0.5B / 1.5B configs) and variant:
     postmoe_eager  the same model with transformers' `eager` experts (a Python loop over experts,
                    what the paper's code did)
 
-all through the same training step (moe_train.train.StepRunner: FSDP2 bf16 mixed precision, packed
-4096-token rows with FlashAttention varlen, chunked fused cross-entropy, fused AdamW), on synthetic packed
-documents. Reports median step time, tokens/s, MFU (moe_train/flops.py) and peak memory, prints a table
+all through the same training step (moe_train.train.StepRunner: bf16 parameters with float32 master
+weights, packed 4096-token rows with FlashAttention varlen, chunked fused cross-entropy, fused AdamW), on
+synthetic packed documents. `--params fp32` measures the older float32-parameters-under-autocast setting
+(`--params both`: side by side). Reports median step time, tokens/s, MFU (moe_train/flops.py) and peak memory, prints a table
 and writes JSON (default bench/results/train_gpu.json).
 
     python bench/train_gpu.py                      # the GPU benchmark (H100/H200)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import platform
 import statistics
@@ -83,7 +85,7 @@ def build_lm(shape: str, variant: str, device: torch.device):
     return upcycle(dense, NUM_EXPERTS, moe_layers=2, top_k=2)
 
 
-def run_variant(args, shape: str, variant: str, compile_: bool, runtime) -> dict:
+def run_variant(args, shape: str, variant: str, compile_: bool, bf16_params: bool, runtime) -> dict:
     cfg = TrainSection(
         model=shape,
         seq_len=args.seq_len,
@@ -96,6 +98,7 @@ def run_variant(args, shape: str, variant: str, compile_: bool, runtime) -> dict
         activation_checkpointing=args.activation_checkpointing,
         attention=args.attention,
         experts_implementation="eager" if variant == "postmoe_eager" else "grouped_mm",
+        bf16_params=bf16_params,
         device="cuda" if runtime.device.type == "cuda" else "cpu",
     )
     lm = build_lm(shape, variant, runtime.device)
@@ -134,6 +137,7 @@ def run_variant(args, shape: str, variant: str, compile_: bool, runtime) -> dict
         "shape": shape,
         "variant": variant,
         "compile": compile_,
+        "bf16_params": model.master is not None,  # what ran: master weights exist on one CUDA device only
         "micro_batch": args.micro_batch,
         "grad_accum": args.grad_accum,
         "tokens_per_step": tokens,
@@ -281,13 +285,15 @@ def moe_block_times(shape: str, tokens: int, runtime, repeats: int = 10) -> dict
 def goals(results: list[dict]) -> list[dict]:
     """The issue's targets, per shape and compile setting, from the measured rows."""
     out = []
-    index = {(r["shape"], r["variant"], r["compile"]): r for r in results if "error" not in r}
-    for (shape, variant, compile_), moe in index.items():
+    index = {
+        (r["shape"], r["variant"], r["compile"], r["bf16_params"]): r for r in results if "error" not in r
+    }
+    for (shape, variant, compile_, bf16_params), moe in index.items():
         if variant != "postmoe":
             continue
-        dense = index.get((shape, "dense", compile_))
-        eager = index.get((shape, "postmoe_eager", compile_))
-        row = {"shape": shape, "compile": compile_, "postmoe_mfu": moe["mfu"]}
+        dense = index.get((shape, "dense", compile_, bf16_params))
+        eager = index.get((shape, "postmoe_eager", compile_, bf16_params))
+        row = {"shape": shape, "compile": compile_, "bf16_params": bf16_params, "postmoe_mfu": moe["mfu"]}
         if dense:
             row["postmoe_step_over_dense"] = moe["step_s"] / dense["step_s"]
         if eager:
@@ -298,18 +304,19 @@ def goals(results: list[dict]) -> list[dict]:
 
 def print_table(results: list[dict]) -> None:
     print(
-        f"{'shape':<11} {'variant':<14} {'compile':<7} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} "
+        f"{'shape':<11} {'variant':<14} {'compile':<7} {'params':<6} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'peak GB':>8} "
         f"{'loss':>13}"
     )
     for r in results:
+        head = f"{r['shape']:<11} {r['variant']:<14} {r['compile']!s:<7} {'bf16' if r['bf16_params'] else 'fp32':<6}"
         if "error" in r:
-            print(f"{r['shape']:<11} {r['variant']:<14} {r['compile']!s:<7} ERROR {r['error'][:80]}")
+            print(f"{head} ERROR {r['error'][:80]}")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
         print(
-            f"{r['shape']:<11} {r['variant']:<14} {r['compile']!s:<7} {1000 * r['step_s']:>8.1f} "
-            f"{r['tokens_per_s']:>9.0f} {mfu:>6} {mem:>8} {r['loss_first']:>6.2f}>{r['loss_last']:<6.2f}"
+            f"{head} {1000 * r['step_s']:>8.1f} {r['tokens_per_s']:>9.0f} {mfu:>6} {mem:>8} "
+            f"{r['loss_first']:>6.2f}>{r['loss_last']:<6.2f}"
         )
 
 
@@ -319,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="qwen2-0.5b,qwen2-1.5b")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    parser.add_argument(
+        "--params",
+        choices=["bf16", "fp32", "both"],
+        default="bf16",
+        help="bf16 parameters + float32 master weights, or float32 parameters under autocast",
+    )
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
@@ -347,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run with --smoke for the CPU smoke mode", file=sys.stderr)
         return 2
     compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    param_modes = {"bf16": [True], "fp32": [False], "both": [True, False]}[args.params]
     checks = correctness_checks(runtime) if args.check else None
     blocks = (
         [moe_block_times(shape, args.micro_batch * args.seq_len, runtime) for shape in args.shapes.split(",")]
@@ -355,17 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     for shape in args.shapes.split(","):
-        for compile_ in compile_modes:
+        for compile_, bf16_params in itertools.product(compile_modes, param_modes):
             for variant in args.variants.split(","):
-                print(f"== {shape} {variant} compile={compile_}", flush=True)
+                print(f"== {shape} {variant} compile={compile_} bf16_params={bf16_params}", flush=True)
                 try:
-                    results.append(run_variant(args, shape, variant, compile_, runtime))
+                    results.append(run_variant(args, shape, variant, compile_, bf16_params, runtime))
                 except Exception as exc:  # keep measuring the other variants; the error is recorded
                     traceback.print_exc()
                     results.append(
-                        {"shape": shape, "variant": variant, "compile": compile_, "error": repr(exc)}
-                    )
+                        {"shape": shape, "variant": variant, "compile": compile_,
+                         "bf16_params": bf16_params, "error": repr(exc)}
+                    )  # fmt: skip
                 gc.collect()
+                torch._dynamo.reset()  # each variant compiles afresh (no recompile limit across models)
                 if runtime.device.type == "cuda":
                     torch.cuda.empty_cache()
                 report = {

@@ -489,6 +489,11 @@ class TrainSection(Section):
         "auto", description="auto: FlashAttention varlen on CUDA, SDPA with a block-diagonal mask on CPU"
     )
     experts_implementation: Literal["grouped_mm", "eager", "batched_mm"] = "grouped_mm"
+    bf16_params: bool = Field(
+        True,
+        description="one CUDA device: bf16 parameters compute, float32 master weights train "
+        "(false: float32 parameters under bf16 autocast); several processes use FSDP2 mixed precision",
+    )
     compile: bool = False
     activation_checkpointing: bool = False
     loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the fused cross-entropy")
