@@ -147,15 +147,38 @@ class MasterWeights:
     @torch.no_grad()
     def sync(self) -> None:
         """Copy the float32 masters into the bf16 compute parameters (after an optimizer step or a load)."""
-        torch._foreach_copy_(self.compute_params, self.master_params)
+        for compute, master in zip(self.compute_params, self.master_params, strict=True):
+            _elementwise(_copy_cast, compute.device)(compute.view(-1), master.view(-1))
 
 
 def _add_into_master(master: torch.nn.Parameter, param: torch.nn.Parameter) -> None:
+    kernel = _elementwise(_add_cast if master.grad is not None else _copy_cast, param.device)
     if master.grad is None:
-        master.grad = param.grad.to(master.dtype)
-    else:
-        master.grad.add_(param.grad)
+        master.grad = torch.empty_like(master)
+    kernel(master.grad.view(-1), param.grad.view(-1))
     param.grad = None
+
+
+def _add_cast(total: torch.Tensor, update: torch.Tensor) -> None:
+    total.add_(update.to(total.dtype))
+
+
+def _copy_cast(target: torch.Tensor, source: torch.Tensor) -> None:
+    target.copy_(source.to(target.dtype))
+
+
+_COMPILED_ELEMENTWISE: dict = {}
+
+
+def _elementwise(fn, device: torch.device):
+    """`fn` compiled for CUDA with dynamic shapes (one kernel for every flattened parameter), eager
+    elsewhere: eager PyTorch runs bf16/float32 mixed elementwise ops through a non-vectorised kernel
+    that took twice the memory-bound time on the 1.5B profile."""
+    if device.type != "cuda":
+        return fn
+    if fn not in _COMPILED_ELEMENTWISE:
+        _COMPILED_ELEMENTWISE[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED_ELEMENTWISE[fn]
 
 
 # --------------------------------------------------------------------------------------------------
