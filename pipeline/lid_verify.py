@@ -201,11 +201,38 @@ class LanguageVerifier:
         self.k = k
 
     def verify_batch(self, texts: Sequence[str], declared: Sequence[str]) -> list[Verdict]:
-        predictions = self.identifier.predict(list(texts), k=self.k)
+        """Verdicts of a batch. fastText's top-1 is cheaper than its top-k, and settles most texts (see
+        `_settled_by_top`); only the others are predicted again with the top-k."""
+        texts = list(texts)
+        predictions = self.identifier.predict(texts, k=1)
+        if self.k > 1:
+            again = [
+                i
+                for i, (text, lang, preds) in enumerate(zip(texts, declared, predictions, strict=True))
+                if not self._settled_by_top(text, lang, preds)
+            ]
+            if again:
+                more = self.identifier.predict([texts[i] for i in again], k=self.k)
+                for i, preds in zip(again, more, strict=True):
+                    predictions[i] = preds
         return [
             verify(text, lang, preds, self.registry, self.thresholds, self.model)
             for text, lang, preds in zip(texts, declared, predictions, strict=True)
         ]
+
+    def _settled_by_top(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> bool:
+        """Whether `verify` gives the same verdict from the top prediction alone as from the top-k: the
+        text is too short to judge, the model lacks the language (only the top prediction counts), or
+        the top prediction is in the declared language's group with enough probability on its own."""
+        if len(text) < self.thresholds.min_chars or not predictions:
+            return True
+        if not self.registry.get(declared).lid_labels_for(self.model):
+            return True
+        top = predictions[0]
+        return (
+            top.language in self.registry.confusable_with(declared)
+            and top.score >= self.thresholds.for_language(declared)
+        )
 
     def check(self, text: str, declared: str) -> Verdict:
         return self.verify_batch([text], [declared])[0]
