@@ -133,31 +133,43 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
+_STYLE = {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False}
+
+
 def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[str, str]:
-    """PNG plots (matplotlib, Agg); returns {name: path relative to the card}."""
+    """PNG plots; returns {name: path relative to the card}."""
     if not stats["languages"]:
         return {}
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(_STYLE):
+        return _draw_plots(directory, stats, funnel)
+
+
+def _draw_plots(directory: Path, stats: dict, funnel: list[dict]) -> dict[str, str]:
+    """Figures saved straight to PNG (Agg): pyplot, its import, figure managers and global state
+    are not needed to write files; the images are byte for byte the same."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import FuncFormatter
 
     directory.mkdir(parents=True, exist_ok=True)
-    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
     families = list(stats["families"])
-    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    cmap = colormaps["tab10" if len(families) <= 10 else "tab20"]
     colour = {family: cmap(i % cmap.N) for i, family in enumerate(families)}
     made = {}
+
+    def subplots(figsize: tuple[float, float]):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots()
 
     def save(fig, name: str) -> None:
         path = directory / f"{name}.png"
         tmp = path.with_name(f".{name}.tmp.png")
         fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
         os.replace(tmp, path)
         made[name] = f"{PLOTS_DIR}/{name}.png"
-
-    from matplotlib.ticker import FuncFormatter
 
     numbers = FuncFormatter(lambda value, _: human(value))
 
@@ -165,7 +177,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
     languages = stats["languages"]
     codes = list(languages)
     many = len(codes) > 16
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.3 * len(codes) + 2.5), 4.5))
+    fig, ax = subplots(figsize=(max(6.5, 0.3 * len(codes) + 2.5), 4.5))
     values = [max(languages[c]["tokens"], 1) for c in codes]
     bars = ax.bar(range(len(codes)), values, color=[colour[languages[c]["family"]] for c in codes])
     ax.bar_label(bars, labels=[human(v) for v in values], padding=2, fontsize=7, rotation=90 if many else 0)
@@ -178,7 +190,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
     ax.set_ylabel("Qwen2 tokens (log scale)")
     ax.set_title(f"Tokens per language: {len(codes)} languages, {human(stats['totals']['tokens'])} tokens")
     ax.legend(
-        handles=[plt.Rectangle((0, 0), 1, 1, color=colour[f]) for f in families],
+        handles=[Rectangle((0, 0), 1, 1, color=colour[f]) for f in families],
         labels=[f"{f} ({len(stats['families'][f]['languages'])})" for f in families],
         title="family (languages)",
         fontsize=8,
@@ -197,7 +209,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
         items = stats[key]
         labels = list(items)[::-1]
         values = [items[k]["tokens"] for k in labels]
-        fig, ax = plt.subplots(figsize=(7, 0.42 * len(labels) + 1.3))
+        fig, ax = subplots(figsize=(7, 0.42 * len(labels) + 1.3))
         bars = ax.barh(labels, values, color=[colour[k] for k in labels] if key == "families" else "#4c72b0")
         total = max(sum(values), 1)
         ax.bar_label(
@@ -220,7 +232,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
         names = [r["stage"] for r in rows]
         kept = [r["out"] for r in rows]
         removed = [sum(r["removed"].values()) for r in rows]
-        fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.4))
+        fig, ax = subplots(figsize=(8.5, 0.45 * len(rows) + 1.4))
         ax.barh(names, kept, color=["#4c72b0" if r["adds"] else "#55a868" for r in rows])
         bars = ax.barh(names, removed, left=kept, color="#dd8452")
         notes = []
@@ -240,7 +252,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
         if any(r["adds"] for r in rows):
             legend.append(("#4c72b0", "added (translations, rewrites)"))
         ax.legend(
-            handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c, _ in legend],
+            handles=[Rectangle((0, 0), 1, 1, color=c) for c, _ in legend],
             labels=[label for _, label in legend],
             loc="lower right",
             fontsize=8,

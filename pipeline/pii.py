@@ -16,6 +16,8 @@ from collections import Counter
 
 import regex
 
+from pipeline.text import SubstringSet
+
 PLACEHOLDERS = ("EMAIL", "URL", "IP", "ID", "PHONE")
 
 _EMAIL = regex.compile(
@@ -66,6 +68,38 @@ _ID_KEYWORDS = (
     r"カルテ番号|患者番号|診察券番号|マイナンバー|保険証番号|"
     r"환자\s?번호|주민등록번호|등록번호|차트\s?번호"
 )
+# one token of a pattern: an escape, a class, a group (nested once), or one character
+_PATTERN_TOKEN = regex.compile(
+    r"\\[pPN]\{[^}]*\}|\\.|\[(?:\\.|[^\]])*\]|\((?:\\.|[^()\\]|\((?:\\.|[^()\\])*\))*\)|."
+)
+
+
+def _required_literals(alternatives: str) -> list[str]:
+    """Per top-level alternative of a pattern, its longest run of plain characters, which every match
+    holds: a text holding none of them (compared `_fold`ed) cannot match, and substring scans say so
+    much faster than the pattern. Quantified tokens, classes, groups and escapes like \\w end a run."""
+    runs: list[list[str]] = [[""]]
+    tokens = _PATTERN_TOKEN.findall(alternatives)
+    for i, token in enumerate(tokens):
+        if token == "|":
+            runs.append([""])
+            continue
+        quantified = i + 1 < len(tokens) and tokens[i + 1] in ("?", "*", "+", "{")
+        plain = len(token) == 1 and token not in ".^$?*+{}" or token[0] == "\\" and not token[1].isalnum()
+        if plain and not quantified:
+            runs[-1][-1] += token[-1]
+        else:
+            runs[-1].append("")
+    return [max(alternative, key=len) for alternative in runs]
+
+
+def _fold(text: str) -> str:
+    """Casefolded, without U+0307: the regex module's IGNORECASE matches İ with i, which casefolds to
+    i + U+0307."""
+    return text.casefold().replace("\u0307", "")
+
+
+_ID_KEYWORD_LITERALS = SubstringSet(map(_fold, _required_literals(_ID_KEYWORDS)))
 _ID_GROUP = r"[A-Za-z\p{Nd}]*\p{Nd}[A-Za-z\p{Nd}]*"
 _ID_VALUE = regex.compile(
     rf"(?<![A-Za-z0-9\p{{Nd}}\-])(?:[A-Za-z]{{1,4}}[\-/])?{_ID_GROUP}(?:[\s\-/.]{_ID_GROUP}){{0,7}}"
@@ -111,6 +145,8 @@ _THOUSANDS = regex.compile(r"^[1-9]\d{0,2}(?:([ \u00a0,.])\d{3})(?:\1\d{3})*$")
 _NANP = regex.compile(r"^(?:1[\s.\-])?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}$")
 _CN_MOBILE = regex.compile(r"^1[3-9]\d{9}$")
 _DIGIT_CLUSTER = regex.compile(r"\p{Nd}(?:[^\p{Nd}\n]{0,2}\p{Nd}){4}")
+# a phone candidate holds 7+ digits, at most 4 characters apart ("1)- (2")
+_PHONE_DIGITS = regex.compile(r"\p{Nd}(?:[^\p{Nd}]{0,4}\p{Nd}){6}")
 
 
 def _ascii_digits(text: str) -> str:
@@ -197,10 +233,12 @@ def scrub(text: str) -> tuple[str, Counter]:
     if "." in text:
         text = _replace(_IPV4, "IP", text, counts)
     if _DIGIT_CLUSTER.search(text):  # every ID and phone pattern needs 5 digits close together
-        text = _replace_keyword_ids(text, counts)
+        if _ID_KEYWORD_LITERALS.found(_fold(text)):
+            text = _replace_keyword_ids(text, counts)
         text = _replace(_SSN, "ID", text, counts)
         text = _replace(_CN_RESIDENT_ID, "ID", text, counts)
         text = _replace(_KR_RESIDENT_ID, "ID", text, counts)
         text = _replace(_IT_FISCAL_CODE, "ID", text, counts)
-        text = _replace_phones(text, counts)
+        if _PHONE_DIGITS.search(text):
+            text = _replace_phones(text, counts)
     return text, +counts

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import regex
 
 from pipeline import yaml_files
+from pipeline.text import SubstringSet
 
 LANGUAGE_RULES_PATH = Path(__file__).resolve().parent / "quality_languages.yaml"
 
@@ -66,9 +67,12 @@ class Boilerplate:
     phrases: tuple[str, ...]
     lines: frozenset[str]
 
+    @cached_property
+    def _phrase_set(self) -> SubstringSet:
+        return SubstringSet(self.phrases)
+
     def count(self, text: str, lines: list[str]) -> int:
-        lowered = text.lower()
-        phrases = [p for p in self.phrases if p in lowered]  # most documents contain none
+        phrases = self._phrase_set.found(text.lower())  # most documents contain none
         count = 0
         for line in lines:
             line = line.lower()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable
 
 # \r\n, \r, NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR all become \n.
 _NEWLINES = re.compile("\r\n?|[\x85\u2028\u2029]")
@@ -24,6 +26,35 @@ def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _NEWLINES.sub("\n", text)
     return _CONTROL.sub("", text)
+
+
+class SubstringSet:
+    """Which of many fixed strings occur in a text, with fewer scans than one `in` per string.
+
+    Strings sharing a substring (their gate, at least `min_gate` characters or the whole string) are
+    looked for only when the gate occurs; the gates are chosen greedily, each covering as many strings
+    as possible. A `str` scan is fast, so on a document that holds none of the strings (the common
+    case) the work is one scan per gate instead of one per string.
+    """
+
+    def __init__(self, strings: Iterable[str], min_gate: int = 4):
+        strings = tuple(dict.fromkeys(strings))
+        covers: dict[str, set[str]] = defaultdict(set)
+        for s in strings:
+            covers[s].add(s)  # also the gate of a string shorter than min_gate
+            for i in range(len(s)):
+                for j in range(i + min_gate, len(s) + 1):
+                    covers[s[i:j]].add(s)
+        left, groups = set(strings), []
+        while left:
+            gate = max(covers, key=lambda g: (len(covers[g] & left), len(g), g))
+            groups.append((gate, tuple(s for s in strings if s in covers[gate] and s in left)))
+            left -= covers[gate]
+        self.groups: tuple[tuple[str, tuple[str, ...]], ...] = tuple(groups)
+
+    def found(self, text: str) -> list[str]:
+        """The strings that occur in `text` (each once)."""
+        return [s for gate, group in self.groups if gate in text for s in group if s in text]
 
 
 # Role names found in the wild -> the schema's three roles.

@@ -1,8 +1,12 @@
 """Personal-data scrubbing on realistic text in several languages and scripts, and the things that
 look like personal data but are not (doses, dates, years, ICD codes, statistics)."""
 
-import pytest
+from collections import Counter
 
+import pytest
+import regex
+
+from pipeline import pii
 from pipeline.pii import scrub
 
 REPLACED = [
@@ -87,3 +91,76 @@ def test_sample_personal_data_all_replaced_and_nothing_else_touched():
         else:
             assert not counts, (sample_id, counts, scrubbed)
     assert seen == set(plants)
+
+
+# ---- the cheap tests that let scrub skip a pattern: they may only skip what would change nothing ------
+
+KEYWORDS = [
+    "MRN", "mrn", "N° de dossier", "Nº DE DOSSIER", "PATİENT ID", "Patient No.", "ſſn", "SSN",
+    "Номер полиса ОМС", "ПОЛИС ОМС", "медицинской карте", "رقم الملف", "ورقم المريض", "病历号", "病歷號",
+    "환자 번호", "환자번호", "차트번호", "मरीज़ आईडी", "मरीज आईडी", "आधार नंबर", "Patienten-ID",
+    "numéro de sécurité sociale", "Historia Clínica", "N.º de utente", "nº de utente", "ID NUMBER",
+    "cartella clinica n.", "カルテ番号", "patient",
+]  # fmt: skip
+VALUES = ["12345678", "A-1234567", "12 34 56 78 90", "٤٥٦٧٨٩١٢", "１２３４５６７８", "AB/2023/00451", "X1Y2Z3W4V5"]  # fmt: skip
+PHONES = [
+    "(0) 12 - (34) 56 78", "0 1 2 3 4 5 6", "(0)- (1)- (2)- (3)- (4)- (5)- (6)", "+1 (555) 123-4567", "0012 3 4 5 6 7 8",
+    "١٢٣ ٤٥٦ ٧٨٩٠", "1\n2\n3\n4\n5\n6\n7", "０３－１２３４－５６７８", "98765 43210", "123 4567",
+]  # fmt: skip
+
+
+def _gate_cases() -> list[str]:
+    """Keywords next to values in several scripts, case and spacing, phone-like digit runs, and all the
+    texts above and in the sample."""
+    from sample_texts import sample_texts
+
+    cases = [text for text, _ in REPLACED] + UNCHANGED + [text for _, _, text in sample_texts()]
+    for keyword in KEYWORDS:
+        for value in VALUES:
+            for sep in (": ", " ", "", " is ", "：", "\n", " - ", "#"):
+                cases += [f"{keyword}{sep}{value}", f"Le {keyword}{sep}{value}, tél. +33 1 23 45 67 89."]
+    for phone in PHONES:
+        cases += [phone, f"call {phone}", f"tel. {phone} now", f"{phone[:-1]} mg"]
+    return cases
+
+
+def test_keyword_gate_skips_only_texts_without_keyword_ids():
+    replaced = 0
+    for text in _gate_cases():
+        ids = pii._replace_keyword_ids(text, Counter())
+        replaced += ids != text
+        if not pii._ID_KEYWORD_LITERALS.found(pii._fold(text)):
+            assert ids == text, text
+    assert replaced > 400  # the cases do exercise the keyword path
+
+
+def test_phone_gate_skips_only_texts_without_phones():
+    replaced = 0
+    for text in _gate_cases():
+        phones = pii._replace_phones(text, Counter())
+        replaced += phones != text
+        if not pii._PHONE_DIGITS.search(text):
+            assert phones == text, text
+    assert replaced > 50
+
+
+def test_every_id_keyword_has_a_required_literal():
+    alternatives = pii._required_literals(pii._ID_KEYWORDS)
+    top_level = regex.sub(r"\((?:[^()]|\([^()]*\))*\)", "", pii._ID_KEYWORDS)  # groups hold bars too
+    assert len(alternatives) == top_level.count("|") + 1
+    assert all(alternatives)
+    assert pii._required_literals(r"ab?c|x[yz]w+|(?:foo)?bar|\w*baz|n\.?º de|\p{L}q") == [
+        "a", "x", "bar", "baz", "º de", "q",
+    ]  # fmt: skip
+
+
+def test_folding_agrees_with_the_regex_case_insensitive_match():
+    """A character the keyword pattern matches case-insensitively folds like the keyword's own, so a
+    keyword in any case holds its folded literal."""
+    chars = sorted(set("".join(pii._required_literals(pii._ID_KEYWORDS))))
+    everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    matching = set(regex.findall("[" + "".join(map(regex.escape, chars)) + "]", everything, regex.IGNORECASE))
+    for x in matching:
+        for c in chars:
+            if regex.fullmatch(regex.escape(c), x, regex.IGNORECASE):
+                assert pii._fold(x) == pii._fold(c), (c, x)

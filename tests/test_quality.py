@@ -10,10 +10,11 @@ import json
 import pytest
 from conftest import fake_upstream, record, write_records
 
-from pipeline.quality_signals import assess, combine, load_language_rules, rule_score
+from pipeline.quality_signals import _LINE_SEPARATORS, assess, combine, load_language_rules, rule_score
 from pipeline.segment import segment
 from pipeline.stage import run_stage
 from pipeline.steps import list_parquet, read_records
+from pipeline.text import SubstringSet
 
 GOOD = {
     "en": (
@@ -148,6 +149,53 @@ def test_signal_values_on_crafted_documents(rules):
     assert 0.2 < good["stopword_ratio"] < 0.6
     boiler = _judge(rules, JUNK["boilerplate"][0], "en").signals
     assert boiler["boilerplate_fraction"] == pytest.approx(6 / 7)
+
+
+def _boilerplate_lines_by_full_scan(boilerplate, text: str) -> int:
+    """The boilerplate count with one scan per phrase: what the gated scan must reproduce."""
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    count = 0
+    for line in lines:
+        line = line.lower()
+        if line.strip(_LINE_SEPARATORS) in boilerplate.lines or any(p in line for p in boilerplate.phrases):
+            count += 1
+    return count
+
+
+def _boilerplate_cases(boilerplate) -> list[str]:
+    """Every phrase and line in several casings and contexts, cut short, split across lines, and next
+    to the letters whose case mapping is special (İ, ß/ẞ, final sigma, Kelvin sign)."""
+    cases = [GOOD[language] for language in GOOD] + [text for text, _ in JUNK.values()]
+    for phrase in (*boilerplate.phrases, *sorted(boilerplate.lines)):
+        cases += [
+            phrase,
+            phrase.upper(),
+            phrase.title(),
+            f"Read this: {phrase.upper()}!",
+            f"x{phrase}y\nnext line",
+            f"  » {phrase} «  \n\nbody text",
+            phrase[:-1],
+            phrase[1:],
+            phrase.replace(" ", "\n", 1),
+            f"İstanbul ẞTRASSE ΟΔΟΣ {phrase} 3 K",
+        ]
+    return cases
+
+
+def test_boilerplate_gated_scan_matches_one_scan_per_phrase(rules):
+    boilerplate = rules["en"].boilerplate
+    for text in _boilerplate_cases(boilerplate):
+        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        assert boilerplate.count(text, lines) == _boilerplate_lines_by_full_scan(boilerplate, text), text
+
+
+def test_substring_set_finds_exactly_the_strings_present():
+    strings = ["", "a", "cookie", "cookies", "use cookies", "使用cookie", "版权所有", "©", "(c) 20", "cookie"]
+    found = SubstringSet(strings)
+    assert sorted(s for group in found.groups for s in group[1]) == sorted(set(strings))  # each string once
+    texts = ["", "x", "we use cookies", "使用cookie的网站", "版权所有 © (c) 2024", "cooki", "COOKIE"]
+    for text in texts:
+        assert sorted(found.found(text)) == sorted(s for s in set(strings) if s in text), text
 
 
 def test_stopword_rule_only_where_a_list_exists(rules):
