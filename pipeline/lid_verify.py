@@ -229,10 +229,8 @@ class LanguageVerifier:
         if not self.registry.get(declared).lid_labels_for(self.model):
             return True
         top = predictions[0]
-        return (
-            top.language in self.registry.confusable_with(declared)
-            and top.score >= self.thresholds.for_language(declared)
-        )
+        in_group = top.language in self.registry.confusable_with(declared)
+        return in_group and top.score >= self.thresholds.for_language(declared)
 
     def check(self, text: str, declared: str) -> Verdict:
         return self.verify_batch([text], [declared])[0]
