@@ -10,9 +10,9 @@ For each model shape (random init, Qwen2-0.5B / 1.5B configs) and variant:
 
 all through the same training step (moe_train.train.StepRunner: bf16 parameters with float32 master
 weights, packed 4096-token rows with FlashAttention varlen, chunked fused cross-entropy, fused AdamW), on
-synthetic packed documents. `--params fp32` measures the older float32-parameters-under-autocast setting
-(`--params both`: side by side). Reports median step time, tokens/s, MFU (moe_train/flops.py) and peak memory, prints a table
-and writes JSON (default bench/results/train_gpu.json).
+synthetic packed documents. `--params fp32` measures the older float32-parameters-under-autocast
+setting (`--params both`: side by side). Reports median step time, tokens/s, MFU (moe_train/flops.py)
+and peak memory, prints a table and writes JSON (default bench/results/train_gpu.json).
 
     python bench/train_gpu.py                      # the GPU benchmark (H100/H200)
     python bench/train_gpu.py --smoke --out X.json # CPU smoke run of the same code (tests use it)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from moe_train.compiled import on_cuda
+
 IGNORE_INDEX = -100
 
 
@@ -45,18 +47,6 @@ def _chunk_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor)
     return torch.where(valid, loss, 0.0)
 
 
-_COMPILED: dict = {}
-
-
-def _kernel(fn, device: torch.device):
-    """`fn` compiled for CUDA (once per function), eager elsewhere."""
-    if device.type != "cuda":
-        return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size: int, needs_grad: bool):
@@ -67,8 +57,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = (
             torch.zeros(weight.shape, device=weight.device, dtype=accumulate) if needs_grad else None
         )
-        loss_and_grad = _kernel(_chunk_loss_and_grad, hidden.device)
-        loss_only = _kernel(_chunk_loss, hidden.device)
+        loss_and_grad = on_cuda(_chunk_loss_and_grad, hidden.device)
+        loss_only = on_cuda(_chunk_loss, hidden.device)
         for start in range(0, n_tokens, chunk_size):
             h = hidden[start : start + chunk_size]
             y = labels[start : start + chunk_size]
@@ -116,7 +106,7 @@ def per_token_cross_entropy(
 ) -> torch.Tensor:
     """Per-token cross-entropy (float32, 0 where ignored), chunked like `linear_cross_entropy`."""
     out = torch.zeros(labels.shape[0], device=hidden.device, dtype=torch.float32)
-    loss_only = _kernel(_chunk_loss, hidden.device)
+    loss_only = on_cuda(_chunk_loss, hidden.device)
     for start in range(0, labels.shape[0], chunk_size):
         y = labels[start : start + chunk_size]
         valid = y != IGNORE_INDEX

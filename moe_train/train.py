@@ -45,6 +45,7 @@ from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss
 
 from moe_train import attention as attention_impl
 from moe_train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from moe_train.compiled import on_cuda
 from moe_train.data import (
     Batch,
     DataSelection,
@@ -124,9 +125,9 @@ class MasterWeights:
     """bf16 parameters for compute, float32 master weights for the optimizer, checkpoints and export.
 
     With float32 parameters under autocast, every micro-batch casts each weight to bf16, casts its
-    gradient back to float32 and carries a float32 residual stream; on the 1.5B shape this class makes the
-    step 4% faster (docs/training.md, Benchmark). Here the compute model holds bf16 parameters (buffers such as the rotary
-    frequencies keep their dtype) and a float32 copy of the same module (`module`, never run) holds the
+    gradient back to float32 and carries a float32 residual stream; on the 1.5B shape this class makes
+    the step 4% faster (docs/training.md, Benchmark). Here the compute model holds bf16 parameters
+    (buffers such as the rotary frequencies keep their dtype) and a float32 copy of the same module (`module`, never run) holds the
     master weights. As soon as autograd has accumulated a compute parameter's gradient, a hook adds it
     into the master's float32 `.grad` and frees it, so micro-batches accumulate in float32;
     `sync()` copies the masters back after the optimizer step.
@@ -148,14 +149,15 @@ class MasterWeights:
     def sync(self) -> None:
         """Copy the float32 masters into the bf16 compute parameters (after an optimizer step or a load)."""
         for compute, master in zip(self.compute_params, self.master_params, strict=True):
-            _elementwise(_copy_cast, compute.device, compute.numel())(compute.view(-1), master.view(-1))
+            _elementwise(_copy_cast, compute)(compute.view(-1), master.view(-1))
 
 
 def _add_into_master(master: torch.nn.Parameter, param: torch.nn.Parameter) -> None:
-    kernel = _elementwise(_add_cast if master.grad is not None else _copy_cast, param.device, param.numel())
     if master.grad is None:
         master.grad = torch.empty_like(master)
-    kernel(master.grad.view(-1), param.grad.view(-1))
+        _elementwise(_copy_cast, param)(master.grad.view(-1), param.grad.view(-1))
+    else:
+        _elementwise(_add_cast, param)(master.grad.view(-1), param.grad.view(-1))
     param.grad = None
 
 
@@ -167,20 +169,16 @@ def _copy_cast(target: torch.Tensor, source: torch.Tensor) -> None:
     target.copy_(source.to(target.dtype))
 
 
-_COMPILED_ELEMENTWISE: dict = {}
 _COMPILE_MIN_NUMEL = 1 << 20
 
 
-def _elementwise(fn, device: torch.device, numel: int):
-    """`fn` compiled for CUDA with dynamic shapes (one kernel for every flattened parameter) for large
-    tensors, eager otherwise: eager PyTorch runs bf16/float32 mixed elementwise ops through a
-    non-vectorised kernel that took twice the memory-bound time on the 1.5B profile, while for small
-    tensors (norms, biases) the compiled call's ~15 us of Python overhead outweighs the kernel."""
-    if device.type != "cuda" or numel < _COMPILE_MIN_NUMEL:
-        return fn
-    if fn not in _COMPILED_ELEMENTWISE:
-        _COMPILED_ELEMENTWISE[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED_ELEMENTWISE[fn]
+def _elementwise(fn, param: torch.Tensor):
+    """`fn` over flattened tensors like `param`: compiled on CUDA with dynamic shapes (one kernel for
+    every parameter) when the tensor is large, eager otherwise. Eager PyTorch runs bf16/float32 mixed
+    elementwise ops through a non-vectorised kernel that took twice the memory-bound time on the 1.5B
+    profile, while for small tensors (norms, biases) the compiled call's ~15 us of Python overhead
+    outweighs the kernel."""
+    return on_cuda(fn, param.device, dynamic=True) if param.numel() >= _COMPILE_MIN_NUMEL else fn
 
 
 # --------------------------------------------------------------------------------------------------
