@@ -93,6 +93,23 @@ def test_local_chain_runs_every_task_and_resumes(tmp_path, corpus):
     assert _digests(tmp_path / "w") == before
 
 
+def test_one_worker_runs_in_process_without_a_manager(tmp_path, corpus, monkeypatch):
+    """One worker: the ranks run in this process, one after the other, with no multiprocess Manager
+    (a forked server per pipeline); the merged stats of all ranks still land in stats.json."""
+    import multiprocess
+
+    def no_manager(*_, **__):
+        raise AssertionError("a Manager was started for a one-worker run")
+
+    monkeypatch.setattr(multiprocess, "Manager", no_manager)
+    cfg = _config(tmp_path, {"kind": "local", "tasks": 3, "workers": 1})
+    run_pipelines(cfg, _chain(corpus, tmp_path / "w"), tmp_path / "logs", "demo")
+    assert _ids(tmp_path / "w" / "final") == _ids(corpus)
+    merged = json.loads((tmp_path / "logs" / "spread" / "stats.json").read_text())
+    writer = next(step for step in merged if step["name"].endswith(RecordWriter.name))
+    assert writer["stats"]["out"]["total"] == 40
+
+
 def test_local_task_failure_names_ranks_and_logs(tmp_path, corpus):
     (corpus / "00002.parquet").write_bytes(b"PAR1 this is not parquet")
     cfg = _config(tmp_path, {"kind": "local", "tasks": 3, "workers": 1})
