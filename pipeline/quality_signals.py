@@ -154,6 +154,11 @@ def compute_signals(text: str, words: list[str], rules: LanguageRules) -> dict[s
     lines = [line.strip() for line in text.split("\n")]
     lines = [line for line in lines if line]
     n_non_space = len(text) - sum(map(text.count, " \t\n\r\u00a0\u3000"))
+    top_fraction, repeats = _top_ngram_fraction(words, total_word_chars, rules.top_ngram)
+    # an n-gram repeated at the longer dup length repeats its shorter prefix too (dup_ngram >= top_ngram)
+    dup_fraction = (
+        _dup_ngram_fraction(words, word_chars, total_word_chars, rules.dup_ngram) if repeats else 0.0
+    )
     stop_count = None
     if rules.stopwords is not None:
         stop_count = sum(map(rules.stopwords.__contains__, words))
@@ -166,8 +171,8 @@ def compute_signals(text: str, words: list[str], rules: LanguageRules) -> dict[s
         "alpha_word_ratio": _alpha_word_ratio(text, words, rules.segmentation),
         "dup_line_fraction": _duplicate_count(lines) / len(lines) if lines else 0.0,
         "dup_paragraph_fraction": _duplicate_paragraph_chars(text),
-        "top_ngram_fraction": _top_ngram_fraction(words, word_chars, total_word_chars, rules.top_ngram),
-        "dup_ngram_fraction": _dup_ngram_fraction(words, word_chars, total_word_chars, rules.dup_ngram),
+        "top_ngram_fraction": top_fraction,
+        "dup_ngram_fraction": dup_fraction,
         "line_punct_ratio": sum(1 for line in lines if _ends_sentence(line)) / len(lines) if lines else 0.0,
         "boilerplate_fraction": rules.boilerplate.count(text, lines) / len(lines) if lines else 0.0,
         "stopword_ratio": None if stop_count is None else stop_count / max(n_words, 1),
@@ -206,15 +211,17 @@ def _duplicate_paragraph_chars(text: str) -> float:
     return duplicated / total if total else 0.0
 
 
-def _top_ngram_fraction(words: list[str], word_chars: list[int], total: int, n: int) -> float:
-    """Characters covered by the most frequent n-gram (when it occurs more than once), Gopher-style."""
+def _top_ngram_fraction(words: list[str], total: int, n: int) -> tuple[float, bool]:
+    """Characters covered by the most frequent n-gram (when it occurs more than once), Gopher-style,
+    and whether any n-gram repeats."""
     if len(words) < n or not total:
-        return 0.0
+        return 0.0, False
     counts = Counter(zip(*(words[i:] for i in range(n)), strict=False))
-    ngram, count = counts.most_common(1)[0]
+    count = max(counts.values())
     if count < 2:
-        return 0.0
-    return count * sum(len(w) for w in ngram) / total
+        return 0.0, False
+    ngram = next(g for g, c in counts.items() if c == count)  # the first most frequent, as most_common(1)
+    return count * sum(len(w) for w in ngram) / total, True
 
 
 def _dup_ngram_fraction(words: list[str], word_chars: list[int], total: int, n: int) -> float:

@@ -189,6 +189,34 @@ def test_boilerplate_gated_scan_matches_one_scan_per_phrase(rules):
         assert boilerplate.count(text, lines) == _boilerplate_lines_by_full_scan(boilerplate, text), text
 
 
+def test_dup_ngram_signal_skipped_only_when_it_must_be_zero(rules):
+    """compute_signals skips the duplicated-n-gram scan when no top-length n-gram repeats; on texts
+    with and without repetition, in both segmentations, the value equals the full scan."""
+    import random
+
+    from pipeline.quality_signals import _dup_ngram_fraction, compute_signals
+
+    rng = random.Random(7)
+    checked = collections.Counter()
+    for code in ("en", "zh"):
+        lang = rules[code]
+        for vocabulary in (3, 8, 40, 400):
+            for length in (4, 12, 30, 120):
+                tokens = [
+                    f"w{rng.randrange(vocabulary)}"
+                    if code == "en"
+                    else chr(0x4E00 + rng.randrange(vocabulary))
+                    for _ in range(length)
+                ]
+                text = (" " if code == "en" else "").join(tokens)
+                words = segment(text, lang.segmentation)
+                chars = list(map(len, words))
+                full = _dup_ngram_fraction(words, chars, sum(chars), lang.dup_ngram)
+                assert compute_signals(text, words, lang)["dup_ngram_fraction"] == full, (code, text)
+                checked[full > 0] += 1
+    assert checked[True] and checked[False]  # both kinds of text were seen
+
+
 def test_substring_set_finds_exactly_the_strings_present():
     strings = ["", "a", "cookie", "cookies", "use cookies", "使用cookie", "版权所有", "©", "(c) 20", "cookie"]
     found = SubstringSet(strings)
