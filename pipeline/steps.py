@@ -46,9 +46,9 @@ def batch_to_documents(batch: pa.RecordBatch) -> Iterator[Document]:
 
 
 def document_to_record(doc: Document) -> dict:
-    row = {"id": doc.id, "text": doc.text}
-    row.update({k: doc.metadata.get(k) for k in _METADATA_COLUMNS})
-    return row
+    """The record of a Document: its id, text and metadata. A metadata key outside the schema is
+    kept, so that writing the record fails naming it instead of dropping the value."""
+    return {"id": doc.id, "text": doc.text, **doc.metadata}
 
 
 class AtomicParquetFile:
@@ -166,6 +166,21 @@ class RecordReader(BaseDiskReader):
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096):
                 for language, n in Counter(batch.column("language").to_pylist()).items():
                     self.stat_update(f"in/{language}", value=n)
+                yield from batch_to_documents(batch)
+
+
+class ProjectedRecordReader(RecordReader):
+    """Reads only some columns and counts nothing: for passes that are not the stage's main one."""
+
+    name = "📖 records (columns)"
+
+    def __init__(self, data_folder, columns: list[str], **kwargs):
+        super().__init__(data_folder, **kwargs)
+        self.columns = columns
+
+    def read_file(self, filepath: str) -> DocumentsPipeline:
+        with self.data_folder.open(filepath, "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096, columns=self.columns):
                 yield from batch_to_documents(batch)
 
 

@@ -47,7 +47,14 @@ from pipeline.minhash import (
 from pipeline.registry import Registry
 from pipeline.segment import segment
 from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordReader, RecordWriter, Rejection, list_parquet, read_table
+from pipeline.steps import (
+    ProjectedRecordReader,
+    RecordFilter,
+    RecordWriter,
+    Rejection,
+    list_parquet,
+    read_table,
+)
 
 KEEP, EXACT, NEAR = 0, 1, 2
 # Exact verification skips candidates whose signature estimate is this far below the threshold
@@ -188,15 +195,6 @@ class ShingleStore:
 
     def jaccard(self, pairs: np.ndarray) -> np.ndarray:
         return np.array([sorted_jaccard(self.get(a), self.get(b)) for a, b in pairs], dtype=np.float64)
-
-
-class _UncountedRecordReader(RecordReader):
-    """Reads a stage's inputs without counting them: the filter pass counts the stage's `in/<lang>`."""
-
-    def stat_update(self, *labels, value: int = 1, unit: str | None = None):
-        labels = tuple(label for label in labels if not str(label).startswith("in/"))
-        if labels:
-            super().stat_update(*labels, value=value, unit=unit)
 
 
 class DedupSignatures(PipelineStep):
@@ -487,7 +485,9 @@ def run(ctx: StageContext) -> dict:
     minhasher = MinHasher(cfg.ngram, cfg.bands, cfg.rows, cfg.seed)
     ws = DedupWorkspace(ctx.stage_dir / "work", tasks, minhasher)
     priorities = {source.name: source.priority for source in ctx.cfg.sources}
-    uncounted = [_UncountedRecordReader(d) for d in ctx.input_dirs() if list_parquet(d)]
+    # pass 1 needs four columns and counts nothing (the filter pass counts the stage's `in/<lang>`)
+    columns = ["id", "text", "language", "source"]
+    uncounted = [ProjectedRecordReader(d, columns) for d in ctx.input_dirs() if list_parquet(d)]
 
     ctx.run_pipeline(
         [*uncounted, DedupSignatures(ws, ctx.registry, priorities)], name="signatures", tasks=tasks

@@ -30,30 +30,14 @@ from pipeline.schema import QUALITY_SIGNALS
 from pipeline.segment import segment
 from pipeline.stage import StageContext
 from pipeline.steps import (
+    ProjectedRecordReader,
     RecordFilter,
-    RecordReader,
     RecordWriter,
     Rejection,
-    batch_to_documents,
     list_parquet,
 )
 
 SIGNAL_NAMES = tuple(name for name, _ in QUALITY_SIGNALS)
-
-
-class ProjectedRecordReader(RecordReader):
-    """Reads only some columns and counts nothing: for passes that are not the stage's main one."""
-
-    name = "📖 records (columns)"
-
-    def __init__(self, data_folder, columns: list[str], **kwargs):
-        super().__init__(data_folder, **kwargs)
-        self.columns = columns
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:
-        with self.data_folder.open(filepath, "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096, columns=self.columns):
-                yield from batch_to_documents(batch)
 
 
 class MedicalSampler(PipelineStep):
