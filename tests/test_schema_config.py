@@ -45,6 +45,21 @@ def test_writer_refuses_rows_off_schema(override, message):
         rows_to_table([_row(**override)])
 
 
+def test_record_writer_refuses_a_metadata_key_outside_the_schema(tmp_path):
+    """A step that puts an invented column into a Document's metadata fails the stage's write by name
+    (the value is not silently dropped), and no output file appears."""
+    from datatrove.data import Document
+
+    from pipeline.steps import RecordWriter
+
+    row = _row()
+    metadata = {k: v for k, v in row.items() if k not in ("id", "text")}
+    doc = Document(text=row["text"], id=row["id"], metadata={**metadata, "tmp_score": 0.3})
+    with pytest.raises(SchemaError, match=r"unknown column\(s\) \['tmp_score'\]"):
+        list(RecordWriter(tmp_path).run(iter([doc])))
+    assert not list(tmp_path.glob("*.parquet"))
+
+
 def test_atomic_file_never_visible_partial(tmp_path):
     path = tmp_path / "part.parquet"
     f = AtomicParquetFile(path, RECORD_SCHEMA, row_group_size=1)
