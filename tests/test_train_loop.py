@@ -161,7 +161,16 @@ def test_two_processes_with_gloo_match_one_process(shards, tmp_path):
         (
             "fsdp",
             1,
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "moe_train.train"],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "moe_train.train",
+            ],
         ),
     ):
         out = tmp_path / name
