@@ -8,7 +8,8 @@ one has not. That keeps `run_stage` simple and safe on every engine: the code a 
 its pipelines (summaries, manifests, dataset cards) sees finished data, and the stage's `.done`
 marker is written only after the last task of the last job has finished.
 
-- local: `LocalPipelineExecutor`, `workers` tasks at a time on this machine.
+- local: `LocalPipelineExecutor`, `workers` tasks at a time on this machine (with one worker, the
+  tasks run one after the other in this process).
 - ray: `RayPipelineExecutor` on the cluster at `executor.ray.address` (or a local one started by
   `ray.init()` when unset). Every node must see OUT and the project at the same paths.
 - slurm: `SlurmPipelineExecutor`. The chain is submitted at once as sbatch array jobs, each
