@@ -30,6 +30,8 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
     """A stock `transformers` checkpoint and its tokenizer, in eval mode (no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from moe_train.model import no_shared_expert_warning
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelLoadError(
@@ -44,7 +46,8 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
+    with no_shared_expert_warning():
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
     model.eval()
     return model, tokenizer
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -167,10 +169,8 @@ def upcycle(
         dense.config, num_experts, moe_layers, top_k, norm_topk_prob, shared_expert, router_aux_loss_coef
     )
     dtype = next(dense.parameters()).dtype
-    with warnings.catch_warnings():  # the zero-size shared expert warns that its init is a no-op
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        with torch.device("meta"):
-            moe = Qwen2MoeForCausalLM(config)
+    with no_shared_expert_warning(), torch.device("meta"):
+        moe = Qwen2MoeForCausalLM(config)
     moe_state = _upcycled_state_dict(dense, config, seed)
     moe.load_state_dict(moe_state, strict=True, assign=True)
     moe.to(dtype)
@@ -240,7 +240,8 @@ def build_model(
 ) -> Qwen2MoeForCausalLM:
     """The Post-MoE model to train: a preset or dense checkpoint, upcycled; an MoE checkpoint, as is."""
     if not is_preset(str(spec)) and is_moe_checkpoint(spec):
-        model = Qwen2MoeForCausalLM.from_pretrained(spec, dtype=torch.float32, local_files_only=True)
+        with no_shared_expert_warning():
+            model = Qwen2MoeForCausalLM.from_pretrained(spec, dtype=torch.float32, local_files_only=True)
         if model.config.num_experts != num_experts:
             raise ValueError(
                 f"{spec}: has {model.config.num_experts} experts but the expert scheme has {num_experts}"
@@ -305,7 +306,14 @@ def complete_state_dict(config: Qwen2MoeConfig, state: dict[str, torch.Tensor]) 
 
 def new_moe_model(config: Qwen2MoeConfig, device: str | torch.device = "cpu") -> Qwen2MoeForCausalLM:
     """An uninitialised stock Qwen2-MoE of `config` (weights to be loaded from a checkpoint)."""
+    with no_shared_expert_warning(), torch.device(device):
+        return Qwen2MoeForCausalLM(config)
+
+
+@contextmanager
+def no_shared_expert_warning() -> Iterator[None]:
+    """Building a Qwen2-MoE without a shared expert (its size is 0) makes torch warn that initialising
+    the zero-element tensors is a no-op, once per MoE layer; true and harmless, so not shown."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        with torch.device(device):
-            return Qwen2MoeForCausalLM(config)
+        yield

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from conftest import record
 
+from moe_train.model import no_shared_expert_warning
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
 from pipeline.registry import load_registry
 from pipeline.schema import empty_record, rows_to_table
@@ -45,7 +46,8 @@ def make_tiny_moe(
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    model = Qwen2MoeForCausalLM(config).eval()
+    with no_shared_expert_warning():
+        model = Qwen2MoeForCausalLM(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
