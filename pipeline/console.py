@@ -16,9 +16,20 @@ from loguru import logger
 CONSOLE_LEVEL = "INFO" if os.environ.get("MEDBABEL_VERBOSE") else "WARNING"
 
 
+def _for_console(record: dict) -> bool:
+    """Everything but datatrove's warning that a task has no file of a folder: expected whenever a
+    stage runs more tasks than a folder has files (the task logs keep it)."""
+    return not record["message"].startswith("No files found on ")
+
+
 def _console_logger() -> None:
     logger.remove()
-    logger.add(sys.stderr, level=CONSOLE_LEVEL, colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS)
+    logger.add(
+        sys.stderr,
+        level=CONSOLE_LEVEL,
+        colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS,
+        filter=_for_console,
+    )
 
 
 def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
@@ -27,7 +38,9 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
     prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
     fmt = f"{prefix}{{time:YYYY-MM-DD HH:mm:ss.SSS}} | {{level: <8}} | {{name}}:{{function}}:{{line}} - {{message}}"
-    logger.add(sys.stderr, level=CONSOLE_LEVEL if local_rank == 0 else "ERROR", format=fmt)
+    logger.add(
+        sys.stderr, level=CONSOLE_LEVEL if local_rank == 0 else "ERROR", format=fmt, filter=_for_console
+    )
     logger.add(logfile, level="DEBUG", format=fmt, colorize=False)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile

@@ -450,8 +450,9 @@ class SourceReader(_RejectingReader, BaseDiskReader):
         if data:
             yield from data
         self._open_sink(rank)
+        shard = self.files[rank::world_size]
         try:
-            for doc in self.read_files_shard(self.files[rank::world_size]):
+            for doc in self.read_files_shard(shard) if shard else ():  # no empty progress bar
                 self.update_doc_stats(doc)
                 yield doc
         except BaseException:

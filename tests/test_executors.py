@@ -110,6 +110,21 @@ def test_one_worker_runs_in_process_without_a_manager(tmp_path, corpus, monkeypa
     assert writer["stats"]["out"]["total"] == 40
 
 
+def test_tasks_without_files_stay_quiet_on_the_console(tmp_path, capfd):
+    """More tasks than files is normal: the console shows no warning and no empty progress bar for
+    the idle tasks; their task logs still say that they found no file."""
+    _corpus(tmp_path / "one", files=1)
+    cfg = _config(tmp_path, {"kind": "local", "tasks": 3, "workers": 1})
+    runs = [PipelineRun([RecordReader(tmp_path / "one"), RecordWriter(tmp_path / "out")], name="read")]
+    run_pipelines(cfg, runs, tmp_path / "logs", "demo")
+    console = capfd.readouterr().err
+    assert "No files found" not in console
+    bars = [line for line in console.split("\n") if "Document progress" in line]  # a bar redraws itself after \r
+    assert len(bars) == 1 and bars[0].endswith("doc/s]") and "8doc" in bars[0]  # only the task with a file
+    idle_log = (tmp_path / "logs" / "read" / "logs" / "task_00002.log").read_text()
+    assert "No files found on" in idle_log
+
+
 def test_local_task_failure_names_ranks_and_logs(tmp_path, corpus):
     (corpus / "00002.parquet").write_bytes(b"PAR1 this is not parquet")
     cfg = _config(tmp_path, {"kind": "local", "tasks": 3, "workers": 1})
