@@ -119,7 +119,8 @@ def test_tasks_without_files_stay_quiet_on_the_console(tmp_path, capfd):
     run_pipelines(cfg, runs, tmp_path / "logs", "demo")
     console = capfd.readouterr().err
     assert "No files found" not in console
-    bars = [line for line in console.split("\n") if "Document progress" in line]  # a bar redraws itself after \r
+    # a bar redraws itself after \r, so each bar is one \n-terminated line
+    bars = [line for line in console.split("\n") if "Document progress" in line]
     assert len(bars) == 1 and bars[0].endswith("doc/s]") and "8doc" in bars[0]  # only the task with a file
     idle_log = (tmp_path / "logs" / "read" / "logs" / "task_00002.log").read_text()
     assert "No files found on" in idle_log
