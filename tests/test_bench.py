@@ -1,4 +1,4 @@
-"""The curation benchmark runs end to end at a small size (its full run is `make bench`)."""
+"""The curation benchmarks run end to end at a small size (their full runs are `make bench`)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,20 @@ def test_curation_benchmark_smoke(tmp_path, shared_data):
     assert results["langid"]["docs_per_s"]["medbabel"] > 0
     for part in ("langid", "signatures", "chain", "tokens", "dedup_quality"):
         assert results[part]["measured"]["commit"] == results["commit"]
+
+
+def test_segment_reuse_benchmark_smoke(tmp_path, shared_data):
+    out = tmp_path / "segment_reuse.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_segment_reuse.py"), "--docs", "300", "--rounds", "1"]
+        + ["--corpus-docs", "2000", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "carrying the words pays" in result.stdout
+    results = json.loads(out.read_text())
+    assert results["docs"] == 300 and results["segment_seconds"] > 0 and results["one_boundary_seconds"] > 0
+    assert abs(results["carry_to_quality_seconds"] - 3 * results["one_boundary_seconds"]) < 0.003
+    assert results["commit"]
