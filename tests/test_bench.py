@@ -10,20 +10,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_curation_benchmark_smoke(tmp_path, shared_data):
-    out = tmp_path / "curation.json"
-    small = ["--docs", "2000", "--lid-docs", "300", "--sig-docs", "150", "--chain-docs", "300"]
+def _run_bench(script: str, args: list[str], out: Path) -> tuple[str, dict]:
+    """Run bench/<script> with `args` and `--out out`; its printed table and its JSON results."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_curation.py"), *small, "--scale-docs", "0"]
-        + ["--chain-repeats", "1", "--repeats", "1", "--only", "langid", "signatures", "chain", "tokens"]
-        + ["dedup", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "chain speed-up" in result.stdout
-    results = json.loads(out.read_text())
+    return result.stdout, json.loads(out.read_text())
+
+
+def test_curation_benchmark_smoke(tmp_path, shared_data):
+    small = ["--docs", "2000", "--lid-docs", "300", "--sig-docs", "150", "--chain-docs", "300"]
+    stdout, results = _run_bench(
+        "bench_curation.py",
+        [*small, "--scale-docs", "0", "--chain-repeats", "1", "--repeats", "1"]
+        + ["--only", "langid", "signatures", "chain", "tokens", "dedup"],
+        tmp_path / "curation.json",
+    )
+    assert "chain speed-up" in stdout
     assert results["commit"] and results["command"].startswith("bench/bench_curation.py")
     chain = results["chain"]
     assert chain["medbabel"]["failed"] is None
@@ -37,17 +44,12 @@ def test_curation_benchmark_smoke(tmp_path, shared_data):
 
 
 def test_segment_reuse_benchmark_smoke(tmp_path, shared_data):
-    out = tmp_path / "segment_reuse.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_segment_reuse.py"), "--docs", "300", "--rounds", "1"]
-        + ["--corpus-docs", "2000", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout, results = _run_bench(
+        "bench_segment_reuse.py",
+        ["--docs", "300", "--rounds", "1", "--corpus-docs", "2000"],
+        tmp_path / "segment_reuse.json",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "carrying the words pays" in result.stdout
-    results = json.loads(out.read_text())
+    assert "carrying the words pays" in stdout
     assert results["docs"] == 300 and results["segment_seconds"] > 0 and results["one_boundary_seconds"] > 0
     assert abs(results["carry_to_quality_seconds"] - 3 * results["one_boundary_seconds"]) < 0.003
     assert results["commit"]
