@@ -161,7 +161,7 @@ class Registry:
             ) from None
 
     def confusable(self, a: str, b: str) -> bool:
-        return a == b or any(a in group and b in group for group in self.confusable_groups)
+        return b in self.confusable_with(a)
 
     def confusable_with(self, code: str) -> frozenset[str]:
         """`code` and every language a confusable group puts with it (looked up per record by

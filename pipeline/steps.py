@@ -151,6 +151,8 @@ class RecordReader(BaseDiskReader):
     """Reads a stage's output directory of record Parquet files; files are split across tasks."""
 
     name = "📖 records"
+    columns: list[str] | None = None  # all of them
+    counts_input = True  # `in/<language>`: the stage's main pass counts what it reads
 
     def __init__(self, data_folder: str | Path, doc_progress: bool = True, **kwargs):
         super().__init__(
@@ -167,9 +169,10 @@ class RecordReader(BaseDiskReader):
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         with self.data_folder.open(filepath, "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096):
-                for language, n in Counter(batch.column("language").to_pylist()).items():
-                    self.stat_update(f"in/{language}", value=n)
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096, columns=self.columns):
+                if self.counts_input:
+                    for language, n in Counter(batch.column("language").to_pylist()).items():
+                        self.stat_update(f"in/{language}", value=n)
                 yield from batch_to_documents(batch)
 
 
@@ -177,15 +180,11 @@ class ProjectedRecordReader(RecordReader):
     """Reads only some columns and counts nothing: for passes that are not the stage's main one."""
 
     name = "📖 records (columns)"
+    counts_input = False
 
     def __init__(self, data_folder, columns: list[str], **kwargs):
         super().__init__(data_folder, **kwargs)
         self.columns = columns
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:
-        with self.data_folder.open(filepath, "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=4096, columns=self.columns):
-                yield from batch_to_documents(batch)
 
 
 class RecordWriter(PipelineStep):
