@@ -248,12 +248,12 @@ def moe_block_times(shape: str, tokens: int, runtime, repeats: int = 10) -> dict
     from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
 
     from moe_train.experts import AUTOCAST_GROUPED_MM
-    from moe_train.model import NoSharedExpert, moe_config_from_dense
+    from moe_train.model import NoSharedExpert, moe_config_from_dense, no_shared_expert_warning
 
     config = moe_config_from_dense(dense_config(shape), NUM_EXPERTS)
     device = runtime.device
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device), no_shared_expert_warning():
         block = Qwen2MoeSparseMoeBlock(config)
         for param in block.parameters():
             torch.nn.init.normal_(param, std=0.02)
@@ -333,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         help="bf16 parameters + float32 master weights, or float32 parameters under autocast",
     )
     parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--micro-batch", type=int, default=2)
-    parser.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
     parser.add_argument(
         "--moe-block", action="store_true", help="also time one MoE block: grouped_mm vs eager"
     )

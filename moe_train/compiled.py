@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# Inductor tells, once per compiled softmax it splits over the 152k vocabulary, that it falls back from
+# online softmax: a note to PyTorch's developers, not something a user of the loss can act on.
+warnings.filterwarnings("ignore", message=r"\s*Online softmax is disabled on the fly", category=UserWarning)
 
 _COMPILED: dict = {}
 
