@@ -23,7 +23,12 @@ sys.path.insert(0, str(ROOT))
 from provenance import git_commit  # noqa: E402
 
 from moe_train.mcq import load_benchmark  # noqa: E402
-from moe_train.model import PRESETS, dense_config, moe_config_from_dense  # noqa: E402
+from moe_train.model import (  # noqa: E402
+    PRESETS,
+    dense_config,
+    moe_config_from_dense,
+    no_shared_expert_warning,
+)
 from moe_train.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
 from pipeline.tokenizer import load_tokenizer  # noqa: E402
@@ -37,7 +42,7 @@ def post_moe(shape: str, vocab_size: int, device: torch.device, dtype: torch.dty
 
     config = moe_config_from_dense(dense_config(shape, vocab_size), num_experts=7, moe_layers=2, top_k=2)
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device), no_shared_expert_warning():
         model = Qwen2MoeForCausalLM(config).to(dtype)
     return model.eval()
 
@@ -52,6 +57,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--questions", type=int, default=None, help="first N usable questions (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--git-commit", default=None, help="commit to record (default: git rev-parse HEAD)")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/eval_gpu_<shape>.json)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     shape = args.shape or ("tiny" if args.smoke else "qwen2-0.5b")
@@ -100,7 +107,7 @@ def main() -> None:
                     a == b for a, b in zip(picks, reference, strict=True)
                 )
             rows.append(row)
-    commit = git_commit()
+    commit = args.git_commit or git_commit()
     result = {
         "benchmark": "eval throughput, XMedBench dev, 3-shot prompts",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -116,7 +123,8 @@ def main() -> None:
         "commit": commit,
         "rows": rows,
     }
-    out = ROOT / "bench" / "results" / ("eval_gpu_smoke.json" if args.smoke else f"eval_gpu_{shape}.json")
+    default_name = "eval_gpu_smoke.json" if args.smoke else f"eval_gpu_{shape}.json"
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
