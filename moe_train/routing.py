@@ -55,15 +55,23 @@ class RoutingState:
     """What the hybrid routers share with the training loop for one forward pass.
 
     expert_ids: flat (batch * seq,) family expert per token, or None to route like the stock model.
-    router_logits: each MoE layer's (tokens, experts) logits of the last forward, in layer order.
+    routers: the hybrid routers in layer order; each keeps its own logits of the last forward (a shared
+    list that routers append to would make torch.compile guard on its length and compile every MoE layer
+    twice: once for the first layer, which finds it empty, once for the rest).
     """
 
     expert_ids: torch.Tensor | None = None
-    router_logits: list[torch.Tensor] = field(default_factory=list)
+    routers: list[HybridTopKRouter] = field(default_factory=list)
 
     def begin(self, expert_ids: torch.Tensor | None) -> None:
         self.expert_ids = None if expert_ids is None else expert_ids.reshape(-1)
-        self.router_logits = []
+        for router in self.routers:
+            router.last_logits = None
+
+    @property
+    def router_logits(self) -> list[torch.Tensor]:
+        """Each MoE layer's (tokens, experts) router logits of the last forward, in layer order."""
+        return [router.last_logits for router in self.routers if router.last_logits is not None]
 
 
 class HybridTopKRouter(Qwen2MoeTopKRouter):
@@ -77,6 +85,7 @@ class HybridTopKRouter(Qwen2MoeTopKRouter):
         self.hidden_dim = stock.hidden_dim
         self.weight = stock.weight  # the same Parameter: identical state-dict key and storage
         self.state = state
+        self.last_logits: torch.Tensor | None = None
 
     def forward(self, hidden_states: torch.Tensor):
         hidden_states = hidden_states.reshape(-1, self.hidden_dim)
@@ -90,7 +99,7 @@ class HybridTopKRouter(Qwen2MoeTopKRouter):
         else:
             probs = F.softmax(router_logits, dtype=torch.float32, dim=-1)
             weights, indices = hybrid_topk(probs, expert_ids, self.top_k, self.norm_topk_prob)
-        self.state.router_logits.append(router_logits)
+        self.last_logits = router_logits
         return router_logits, weights.to(router_logits.dtype), indices
 
 
@@ -101,6 +110,7 @@ def install_hybrid_routing(model: torch.nn.Module) -> RoutingState:
         gate = getattr(module, "gate", None)
         if isinstance(gate, Qwen2MoeTopKRouter) and not isinstance(gate, HybridTopKRouter):
             module.gate = HybridTopKRouter(gate, state)
+            state.routers.append(module.gate)
     return state
 
 

@@ -271,6 +271,12 @@ def _attention_choice(option: str, device: torch.device) -> str:
     return option
 
 
+# All decoder layers share one compiled function. Its variants: (dense | MoE layer) x (training |
+# evaluation without gradients) x (first | dynamic FlashAttention max document length) = 8, torch's
+# default recompile limit, leaving no room; past the limit torch runs the layers eagerly from then on.
+_LAYER_VARIANTS_LIMIT = 32
+
+
 def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> CausalLMForTraining:
     """Routing, attention and experts implementation, checkpointing, master weights, compile, sharding -
     in that order."""
@@ -290,6 +296,8 @@ def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> C
     if cfg.bf16_params and runtime.bf16 and not runtime.sharded:
         model.master = MasterWeights(model)
     if cfg.compile:
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, _LAYER_VARIANTS_LIMIT)
         for layer in lm.model.layers:
             layer.compile()
     if runtime.sharded:

@@ -112,6 +112,30 @@ def test_hybrid_router_forces_family_in_training_and_is_stock_without_expert_ids
     assert not torch.allclose(forced, stock(tokens).logits)  # forcing changed some routes
 
 
+def test_compiled_layers_trace_each_layer_type_once_with_hybrid_routing():
+    """Every decoder layer shares one compiled function, so anything a router reads that differs from
+    one MoE layer to the next (such as the length of a shared list of logits) makes torch.compile
+    trace the MoE layer again; enough such variants exhaust its recompile limit (8)."""
+    model = upcycle(small_dense(), NUM_EXPERTS, moe_layers=2)  # layers 0-1 dense, 2-3 MoE
+    state = install_hybrid_routing(model)
+    traced = []
+
+    def counting_backend(graph, example_inputs):
+        traced.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    for layer in model.model.layers:
+        layer.compile(backend=counting_backend)
+    tokens = torch.randint(0, 512, (2, 16))
+    for _ in range(2):
+        state.begin(torch.randint(0, NUM_EXPERTS, (2, 16)))
+        model(tokens, use_cache=False).logits.sum().backward()
+    torch._dynamo.reset()
+    assert len(traced) == 2  # one dense layer, one MoE layer
+    assert len(state.router_logits) == 2 and all(lg.shape == (32, NUM_EXPERTS) for lg in state.router_logits)
+
+
 def test_router_supervision_loss_and_agreement():
     logits = torch.randn(40, NUM_EXPERTS)
     family = torch.randint(0, NUM_EXPERTS, (40,))
