@@ -240,3 +240,20 @@ def test_benchmark_smoke_mode(tmp_path):
         assert row["tokens_per_s"] > 0 and row["loss_last"] > 0
     assert report["checks"]["fused_ce_loss"] < 1e-5
     assert report["goals"][0]["postmoe_step_over_dense"] > 0
+
+
+@pytest.mark.slow
+def test_resume_check_script_on_cpu_is_bit_for_bit(shards, tmp_path):
+    config = _write_config(tmp_path / "config.yaml", {**SMALL, "max_steps": 4})
+    result = tmp_path / "resume.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_resume_gpu.py"), "--config", str(config),
+         "--shards", str(shards), "--out", str(result)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(result.read_text())
+    assert report["device"] == "cpu" and report["steps"] == 4 and report["resumed_after"] == 2
+    assert report["bit_for_bit"] and report["max_abs_loss_difference"] == 0.0
+    assert len(report["losses_resumed"]) == 4
+    assert report["export_generates_tokens"] == 8
