@@ -74,7 +74,13 @@ def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
             stats = per_lang[para.language]
             stats["paragraphs"] += 1
             stats["kept"] += verify(
-                para.text, para.language, preds, registry, verifier.thresholds, verifier.model
+                para.text,
+                para.language,
+                preds,
+                registry,
+                verifier.thresholds,
+                verifier.model,
+                verifier.common_words,
             ).keep
             top = preds[0].language if preds else None
             stats["top1"] += top == para.language
@@ -82,7 +88,15 @@ def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
         for declared in registry.codes:
             if para.in_registry and para.language in groups[declared]:
                 continue
-            verdict = verify(para.text, declared, preds, registry, verifier.thresholds, verifier.model)
+            verdict = verify(
+                para.text,
+                declared,
+                preds,
+                registry,
+                verifier.thresholds,
+                verifier.model,
+                verifier.common_words,
+            )
             per_lang[declared]["catch_tried"] += 1
             per_lang[declared]["caught"] += not verdict.keep
             if para.in_registry:

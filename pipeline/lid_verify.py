@@ -6,8 +6,12 @@ Rules, for a text declared as language L:
   the registry's `confusable_groups` partners) reaches L's threshold; otherwise `wrong_language`
   (or `wrong_script` when most letters are outside L's scripts).
 * The model lacks L (lid.176: ln bm nso ig rw ha doi): keep unless something contradicts L:
-  most letters are outside L's scripts (`wrong_script`), or the model detects a language outside
-  L's group with at least `contradiction` confidence (`wrong_language`).
+  most letters are outside L's scripts (`wrong_script`), the model detects a language outside
+  L's group with at least `contradiction` confidence, or, when L has a stop-word list
+  (`pipeline/quality_languages.yaml`) and the text has enough words, too few of its words are L's
+  common words, or clearly more are those of another language the model lacks (`wrong_language`).
+  The last catches text in the many languages neither the model nor the registry knows, which
+  the model cannot contradict with confidence.
 * Texts shorter than `min_chars` characters are too short to judge and are kept.
 
 `LanguageVerifier` wraps a `LanguageIdentifier` for batches; `verify` is the pure rule, for callers
@@ -25,7 +29,9 @@ from typing import NamedTuple
 import regex
 
 from pipeline.langid import LanguageIdentifier, LidPrediction
+from pipeline.quality_signals import stopword_lists
 from pipeline.registry import Registry
+from pipeline.segment import segment
 
 WRONG_LANGUAGE = "wrong_language"
 WRONG_SCRIPT = "wrong_script"
@@ -66,6 +72,9 @@ class LidThresholds:
     contradiction: float = 0.8
     min_script_fraction: float = 0.5
     min_chars: int = 30
+    min_common_word_share: float = 0.08  # for a language the model lacks: its stop words' share of the words
+    common_word_margin: float = 0.05  # ... and by how much another such language's share may exceed it
+    min_words_for_common_words: int = 20  # fewer words: too few to judge by common words
 
     def for_language(self, code: str) -> float:
         return self.per_language.get(code, self.default)
@@ -137,6 +146,37 @@ def dominant_script(text: str, sample: int = 400) -> str:
     return f"{name.title()} ({code})" if code else name.title()
 
 
+def common_word_lists() -> dict[str, frozenset[str]]:
+    """The shipped stop-word lists, as sets: the common-word check's lists."""
+    return {code: frozenset(words) for code, words in stopword_lists().items()}
+
+
+def common_word_contradiction(
+    text: str, declared: str, common_words: Mapping[str, frozenset[str]], thresholds: LidThresholds
+) -> str | None:
+    """Why `text` does not read as `declared` by its common words, or None (no list, too few words, or
+    it reads as `declared`)."""
+    own = common_words.get(declared)
+    if own is None:
+        return None
+    words = segment(text)
+    if len(words) < thresholds.min_words_for_common_words:
+        return None
+    shares = {
+        code: sum(map(listed.__contains__, words)) / len(words) for code, listed in common_words.items()
+    }
+    share = shares[declared]
+    if share < thresholds.min_common_word_share:
+        return f"declared {declared}, {share:.0%} of the words are common {declared} words"
+    rival = max((code for code in shares if code != declared), key=shares.__getitem__, default=None)
+    if rival is not None and shares[rival] >= share + thresholds.common_word_margin:
+        return (
+            f"declared {declared}, reads as {rival}: {shares[rival]:.0%} common {rival} words, "
+            f"{share:.0%} {declared}"
+        )
+    return None
+
+
 def verify(
     text: str,
     declared: str,
@@ -144,8 +184,12 @@ def verify(
     registry: Registry,
     thresholds: LidThresholds,
     model: str = "lid176",
+    common_words: Mapping[str, frozenset[str]] | None = None,
 ) -> Verdict:
-    """Check that `text` is in `declared` given the model's top-k `predictions` (best first)."""
+    """Check that `text` is in `declared` given the model's top-k `predictions` (best first).
+
+    `common_words`: stop-word lists by language (`common_word_lists`); without them a language the
+    model lacks is judged by script and confident detections only."""
     top = predictions[0] if predictions else None
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
@@ -162,7 +206,12 @@ def verify(
         fraction = script_fraction(text, language.scripts)
         contradicted = top is not None and top.language not in group and top.score >= thresholds.contradiction
         if fraction >= thresholds.min_script_fraction and not contradicted:
-            return Verdict(True, lid_language, lid_score)
+            reason = common_word_contradiction(text, declared, common_words or {}, thresholds)
+            if reason is None:
+                return Verdict(True, lid_language, lid_score)
+            return Verdict(
+                False, lid_language, lid_score, WRONG_LANGUAGE, f"{reason} (detected {lid_language})"
+            )
     if fraction < thresholds.min_script_fraction:
         detail = (
             f"declared {declared} ({'/'.join(language.scripts)}), text is mostly {dominant_script(text)}, "
@@ -199,6 +248,7 @@ class LanguageVerifier:
         self.identifier = LanguageIdentifier(registry, model, model_path)
         self.thresholds = thresholds or LidThresholds.for_model(model)
         self.k = k
+        self.common_words = common_word_lists()
 
     def verify_batch(self, texts: Sequence[str], declared: Sequence[str]) -> list[Verdict]:
         """Verdicts of a batch. fastText's top-1 is cheaper than its top-k, and settles most texts (see
@@ -216,7 +266,7 @@ class LanguageVerifier:
                 for i, preds in zip(again, more, strict=True):
                     predictions[i] = preds
         return [
-            verify(text, lang, preds, self.registry, self.thresholds, self.model)
+            verify(text, lang, preds, self.registry, self.thresholds, self.model, self.common_words)
             for text, lang, preds in zip(texts, declared, predictions, strict=True)
         ]
 

@@ -106,6 +106,12 @@ def _language_file() -> dict:
     return yaml_files.safe_load(LANGUAGE_RULES_PATH.read_text(encoding="utf-8"))
 
 
+def stopword_lists() -> dict[str, list[str]]:
+    """The shipped stop-word lists by language code (quality's stop-word rule, language ID's check of
+    the languages its model lacks)."""
+    return _language_file()["stopwords"]
+
+
 def load_language_rules(registry, overrides: dict | None = None) -> dict[str, LanguageRules]:
     """Rules for every registry language (and "default", for a code outside the registry):
     defaults <- per-language file <- config overrides.
@@ -128,7 +134,7 @@ def load_language_rules(registry, overrides: dict | None = None) -> dict[str, La
         bounds = {**data["default"], **{k: v for k, v in spec.items() if k in BOUND_NAMES}}
         bounds.update(overrides.get("default", {}))
         bounds.update(overrides.get(code, {}))
-        words = data["stopwords"].get(code)
+        words = stopword_lists().get(code)
         rules[code] = LanguageRules(
             code=code,
             segmentation=segmentation,

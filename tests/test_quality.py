@@ -227,6 +227,14 @@ def test_substring_set_finds_exactly_the_strings_present():
 
 
 def test_stopword_rule_only_where_a_list_exists(rules):
+    vietnamese = (
+        "Sốt xuất huyết là bệnh do vi rút lây truyền qua vết muỗi đốt. Triệu chứng gồm sốt cao, đau đầu, "
+        "đau khớp và phát ban trên da. Người bệnh nên uống nhiều nước, nghỉ ngơi và đến bệnh viện ngay khi "
+        "chảy máu chân răng hoặc nôn nhiều lần. Ngủ màn và dùng thuốc chống muỗi là cách phòng bệnh tốt nhất."
+    )
+    result = _judge(rules, vietnamese, "vi")
+    assert rules["vi"].stopwords is None and result.signals["stopword_ratio"] is None
+    assert result.score >= 0.5, (result.weakest, result.signals)
     swahili = (
         "Homa ya dengue ni ugonjwa unaosababishwa na virusi vinavyoenezwa na mbu. Dalili zake ni homa kali, "
         "maumivu ya kichwa, maumivu ya viungo na vipele kwenye ngozi. Mgonjwa anashauriwa kunywa maji mengi "
@@ -234,7 +242,7 @@ def test_stopword_rule_only_where_a_list_exists(rules):
         "Kuzuia kuumwa na mbu kwa kutumia vyandarua na dawa za kufukuza mbu ni njia bora ya kujikinga."
     )
     result = _judge(rules, swahili, "sw")
-    assert rules["sw"].stopwords is None and result.signals["stopword_ratio"] is None
+    assert rules["sw"].stopwords is not None and result.signals["stopword_ratio"] > 0.15
     assert result.score >= 0.5, (result.weakest, result.signals)
 
 
