@@ -171,7 +171,7 @@ def common_word_contradiction(
     rival = max((code for code in shares if code != declared), key=shares.__getitem__, default=None)
     if rival is not None and shares[rival] >= share + thresholds.common_word_margin:
         return (
-            f"declared {declared}, reads as {rival}: {shares[rival]:.0%} common {rival} words, "
+            f"declared {declared}, reads more like {rival}: {shares[rival]:.0%} common {rival} words, "
             f"{share:.0%} {declared}"
         )
     return None

@@ -180,7 +180,7 @@ def test_languages_the_model_lacks_are_checked_by_their_common_words(shared_data
     assert sum(not v.keep for v in without) / len(others) <= 0.1  # script and detection alone miss them
     swahili = tico_paragraphs(shared_data, registry, 12, {"sw"})["sw"]
     caught = [v for v in verifier.verify_batch(swahili, ["ha"] * len(swahili)) if not v.keep]
-    assert len(caught) >= 10 and any("reads as sw" in v.detail for v in caught)
+    assert len(caught) >= 10 and any("reads more like sw" in v.detail for v in caught)
     short = " ".join(others[0].split()[:12])  # under min_words_for_common_words: not judged by words
     assert verifier.check(short, "ha").keep or "common" not in verifier.check(short, "ha").detail
 
