@@ -68,7 +68,12 @@ STAGES: tuple[StageSpec, ...] = (
         "exact and MinHash near-duplicate removal, per language",
     ),
     StageSpec(
-        "langid", "stages.langid", ("dedup",), ("langid",), "fastText language ID, verify declared languages"
+        "langid",
+        "stages.langid",
+        ("dedup",),
+        ("langid",),
+        "fastText language ID, verify declared languages",
+        data_files=("pipeline/quality_languages.yaml",),  # stop-word lists: the common-word check
     ),
     StageSpec(
         "families",
