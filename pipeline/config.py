@@ -308,6 +308,19 @@ class LangIdSection(Section):
     min_script_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="fraction of letters that must be in the language's scripts"
     )
+    min_common_word_share: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        description="for languages the model lacks: minimum share of the words that are its common words",
+    )
+    common_word_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="... rejects when another listed language's common words are this much more (1: never)",
+    )
+    min_words_for_common_words: int = Field(20, ge=1, description="fewer words: not judged by common words")
     min_chars: int = Field(30, ge=0, description="shorter texts are too short to judge and are kept")
     top_k: int = Field(5, ge=1, description="predictions per text considered for the declared language")
     batch_size: int = Field(512, ge=1)

@@ -9,7 +9,7 @@ Rules, for a text declared as language L:
   most letters are outside L's scripts (`wrong_script`), the model detects a language outside
   L's group with at least `contradiction` confidence, or, when L has a stop-word list
   (`pipeline/quality_languages.yaml`) and the text has enough words, too few of its words are L's
-  common words, or clearly more are those of another language the model lacks (`wrong_language`).
+  common words, or clearly more are those of another listed language (`wrong_language`).
   The last catches text in the many languages neither the model nor the registry knows, which
   the model cannot contradict with confidence.
 * Texts shorter than `min_chars` characters are too short to judge and are kept.
@@ -73,7 +73,7 @@ class LidThresholds:
     min_script_fraction: float = 0.5
     min_chars: int = 30
     min_common_word_share: float = 0.08  # for a language the model lacks: its stop words' share of the words
-    common_word_margin: float = 0.05  # ... and by how much another such language's share may exceed it
+    common_word_margin: float = 0.05  # ... and by how much another listed language's share may exceed it
     min_words_for_common_words: int = 20  # fewer words: too few to judge by common words
 
     def for_language(self, code: str) -> float:

@@ -27,6 +27,9 @@ def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -
         default=cfg.default_threshold,
         contradiction=cfg.contradiction_threshold,
         min_script_fraction=cfg.min_script_fraction,
+        min_common_word_share=cfg.min_common_word_share,
+        common_word_margin=cfg.common_word_margin,
+        min_words_for_common_words=cfg.min_words_for_common_words,
         min_chars=cfg.min_chars,
     )
     model_path = resolve(cfg.model_path) if cfg.model_path else None

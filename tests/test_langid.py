@@ -185,6 +185,18 @@ def test_languages_the_model_lacks_are_checked_by_their_common_words(shared_data
     assert verifier.check(short, "ha").keep or "common" not in verifier.check(short, "ha").detail
 
 
+def test_common_word_check_settings_from_config(tmp_path, write_config, shared_data, registry):
+    oromo = tico_paragraphs(shared_data, registry, 3, {"om"})["om"]
+    rows = [record(f"om{i}", text, language="ha") for i, text in enumerate(oromo)]
+    _, kept, removed = run_langid(tmp_path / "on", write_config, rows)
+    assert not kept and {r["quarantine_reason"] for r in removed.values()} == {"wrong_language"}
+    assert all("common" in r["quarantine_detail"] for r in removed.values())
+    _, kept, removed = run_langid(
+        tmp_path / "off", write_config, rows, min_common_word_share=0.0, common_word_margin=1.0
+    )
+    assert set(kept) == {r["id"] for r in rows} and not removed
+
+
 def test_verify_rule_on_given_predictions(registry):
     """The pure rule, as the translation stage calls it with predictions it already has."""
     from pipeline.langid import LidPrediction
