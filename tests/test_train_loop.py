@@ -15,6 +15,7 @@ import yaml
 from train_shards import write_shards
 
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
+from moe_train.model import no_shared_expert_warning
 from moe_train.train import NonFiniteLossError, Trainer, lr_factor, no_decay
 from pipeline.config import TrainSection, load_config
 
@@ -119,7 +120,8 @@ def test_export_is_a_stock_checkpoint_that_loads_and_generates(shards, tmp_path)
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "qwen2_moe" and config["num_experts"] == 7
     assert "auto_map" not in config
-    model = AutoModelForCausalLM.from_pretrained(export, local_files_only=True).eval()
+    with no_shared_expert_warning():  # stock transformers, as a user loads it (the note is harmless)
+        model = AutoModelForCausalLM.from_pretrained(export, local_files_only=True).eval()
     assert type(model) is Qwen2MoeForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(export, local_files_only=True)
     prompt = tokenizer("User:What is fever?\nAssistant:", return_tensors="pt")
