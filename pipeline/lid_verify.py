@@ -21,7 +21,8 @@ that already have predictions (the translation stage checks an LLM's output with
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -146,34 +147,51 @@ def dominant_script(text: str, sample: int = 400) -> str:
     return f"{name.title()} ({code})" if code else name.title()
 
 
-def common_word_lists() -> dict[str, frozenset[str]]:
-    """The shipped stop-word lists, as sets: the common-word check's lists."""
-    return {code: frozenset(words) for code, words in stopword_lists().items()}
+class CommonWords:
+    """Stop-word lists indexed by word, so counting a text's common words of every listed language is
+    one dictionary lookup per word."""
+
+    def __init__(self, lists: Mapping[str, Iterable[str]]):
+        index: dict[str, list[str]] = defaultdict(list)
+        for code, words in lists.items():
+            for word in set(words):
+                index[word].append(code)
+        self.index = {word: tuple(codes) for word, codes in index.items()}
+        self.codes = frozenset(lists)
+
+    @classmethod
+    def shipped(cls) -> CommonWords:
+        """The stop-word lists of `pipeline/quality_languages.yaml`."""
+        return cls(stopword_lists())
+
+    def counts(self, words: Iterable[str]) -> Counter[str]:
+        """How many of `words` are on each language's list."""
+        index = self.index
+        return Counter(code for word in words for code in index.get(word, ()))
 
 
 def common_word_contradiction(
-    text: str, declared: str, common_words: Mapping[str, frozenset[str]], thresholds: LidThresholds
+    text: str, declared: str, common_words: CommonWords, thresholds: LidThresholds
 ) -> str | None:
     """Why `text` does not read as `declared` by its common words, or None (no list, too few words, or
     it reads as `declared`)."""
-    own = common_words.get(declared)
-    if own is None:
+    if declared not in common_words.codes:
         return None
     words = segment(text)
     if len(words) < thresholds.min_words_for_common_words:
         return None
-    shares = {
-        code: sum(map(listed.__contains__, words)) / len(words) for code, listed in common_words.items()
-    }
-    share = shares[declared]
+    counts = common_words.counts(words)
+    share = counts[declared] / len(words)
     if share < thresholds.min_common_word_share:
         return f"declared {declared}, {share:.0%} of the words are common {declared} words"
-    rival = max((code for code in shares if code != declared), key=shares.__getitem__, default=None)
-    if rival is not None and shares[rival] >= share + thresholds.common_word_margin:
-        return (
-            f"declared {declared}, reads more like {rival}: {shares[rival]:.0%} common {rival} words, "
-            f"{share:.0%} {declared}"
-        )
+    rival, rival_count = max(
+        ((code, n) for code, n in counts.items() if code != declared),
+        key=lambda item: item[1],
+        default=(None, 0),
+    )
+    rival_share = rival_count / len(words)
+    if rival is not None and rival_share >= share + thresholds.common_word_margin:
+        return f"declared {declared}, reads more like {rival}: {rival_share:.0%} common {rival} words, {share:.0%} {declared}"
     return None
 
 
@@ -184,12 +202,12 @@ def verify(
     registry: Registry,
     thresholds: LidThresholds,
     model: str = "lid176",
-    common_words: Mapping[str, frozenset[str]] | None = None,
+    common_words: CommonWords | None = None,
 ) -> Verdict:
     """Check that `text` is in `declared` given the model's top-k `predictions` (best first).
 
-    `common_words`: stop-word lists by language (`common_word_lists`); without them a language the
-    model lacks is judged by script and confident detections only."""
+    `common_words`: the stop-word lists (`CommonWords.shipped()`); without them a language the model
+    lacks is judged by script and confident detections only."""
     top = predictions[0] if predictions else None
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
@@ -206,7 +224,11 @@ def verify(
         fraction = script_fraction(text, language.scripts)
         contradicted = top is not None and top.language not in group and top.score >= thresholds.contradiction
         if fraction >= thresholds.min_script_fraction and not contradicted:
-            reason = common_word_contradiction(text, declared, common_words or {}, thresholds)
+            reason = (
+                None
+                if common_words is None
+                else common_word_contradiction(text, declared, common_words, thresholds)
+            )
             if reason is None:
                 return Verdict(True, lid_language, lid_score)
             return Verdict(
@@ -248,7 +270,7 @@ class LanguageVerifier:
         self.identifier = LanguageIdentifier(registry, model, model_path)
         self.thresholds = thresholds or LidThresholds.for_model(model)
         self.k = k
-        self.common_words = common_word_lists()
+        self.common_words = CommonWords.shipped()
 
     def verify_batch(self, texts: Sequence[str], declared: Sequence[str]) -> list[Verdict]:
         """Verdicts of a batch. fastText's top-1 is cheaper than its top-k, and settles most texts (see
