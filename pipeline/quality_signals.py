@@ -109,7 +109,21 @@ def _language_file() -> dict:
 def stopword_lists() -> dict[str, list[str]]:
     """The shipped stop-word lists by language code (quality's stop-word rule, language ID's check of
     the languages its model lacks)."""
-    return _language_file()["stopwords"]
+    lists = _language_file()["stopwords"]
+    check_stopword_lists(lists, LANGUAGE_RULES_PATH)
+    return lists
+
+
+def check_stopword_lists(lists: dict, path: Path) -> None:
+    """Every stop word a string: unquoted `on`, `no`, `yes` or `off` are booleans to YAML, and such a
+    word would silently never match."""
+    for code, words in lists.items():
+        for word in words:
+            if not isinstance(word, str):
+                raise ValueError(
+                    f"{path}: stopwords.{code}: {word!r} is not a word (YAML reads unquoted on/off/yes/no "
+                    f"as booleans: quote it)"
+                )
 
 
 def load_language_rules(registry, overrides: dict | None = None) -> dict[str, LanguageRules]:

@@ -439,3 +439,12 @@ def test_classifier_skipped_without_text_scan_when_a_class_is_missing(tmp_path, 
     assert not (out / "quality" / "logs" / "sample").exists(), "no sampling pass when training cannot happen"
     every = [*kept.values(), *quarantined.values()]
     assert len(every) == len(rows) and all(r["quality_signals"]["medical_score"] is None for r in every)
+
+
+def test_stop_word_lists_are_words_and_a_yaml_boolean_is_named():
+    from pipeline.quality_signals import LANGUAGE_RULES_PATH, check_stopword_lists, stopword_lists
+
+    lists = stopword_lists()
+    assert {"on", "no"} <= set(lists["en"]) | set(lists["es"]) and "n" in lists["bm"]
+    with pytest.raises(ValueError, match=r"quality_languages.yaml: stopwords.en: True is not a word"):
+        check_stopword_lists({"en": ["the", True]}, LANGUAGE_RULES_PATH)
