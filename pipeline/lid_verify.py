@@ -152,7 +152,9 @@ def dominant_script(text: str, sample: int = 400) -> str:
 # judge, and a cost that does not grow with the document) and splits them into runs of word characters
 # with the standard library's `re`: faster than the full Unicode segmentation (`pipeline.segment`),
 # and it splits off the connectives that Kinyarwanda and Igbo join with an apostrophe (y’ubuzima,
-# n’ibyo), which are among their commonest words.
+# n’ibyo), which are among their commonest words. (`\w` stops at the combining vowel signs of scripts
+# such as Devanagari, so the Hindi list never matches here; every listed language the model lacks is
+# written in Latin script, and a Devanagari text declared as one fails the script check first.)
 COMMON_WORDS_PREFIX = 600
 _LIST_WORD = re.compile(r"\w+")
 
