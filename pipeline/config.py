@@ -21,6 +21,11 @@ SourceType = Literal[SOURCE_TYPES]  # type: ignore[valid-type]
 SourceFormat = Literal["jsonl", "parquet", "csv", "tsv", "tmx", "hf", "apollo"]
 
 
+def unit_interval(default: float, description: str | None = None) -> Any:
+    """A config field holding a fraction or probability, in [0, 1]."""
+    return Field(default, ge=0.0, le=1.0, description=description)
+
+
 class ConfigError(ValueError):
     """The config file is invalid; the message names the file and the key."""
 
@@ -281,44 +286,30 @@ class DedupSection(Section):
         description="how a candidate pair sharing an LSH bucket is confirmed: exact shingle-set Jaccard, "
         "the signatures' estimate, or not at all (stock datatrove)",
     )
-    verify_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="minimum (exact or estimated) Jaccard of a confirmed pair"
-    )
+    verify_threshold: float = unit_interval(0.7, "minimum (exact or estimated) Jaccard of a confirmed pair")
 
 
 class LangIdSection(Section):
     model: str = Field("lid176", description="lid model name from the registry's lid_models")
     model_path: str | None = Field(None, description="fastText model file; the registry default when unset")
-    default_threshold: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="minimum probability of the declared language (with its confusable group) to keep a record",
+    default_threshold: float = unit_interval(
+        0.5, "minimum probability of the declared language (with its confusable group) to keep a record"
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="per-language minimum, on top of the shipped per-model defaults (pipeline/lid_verify.py)",
     )
-    contradiction_threshold: float = Field(
-        0.8,
-        ge=0.0,
-        le=1.0,
-        description="for languages the model lacks: a detection of another language this confident rejects",
+    contradiction_threshold: float = unit_interval(
+        0.8, "for languages the model lacks: a detection of another language this confident rejects"
     )
-    min_script_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="fraction of letters that must be in the language's scripts"
+    min_script_fraction: float = unit_interval(
+        0.5, "fraction of letters that must be in the language's scripts"
     )
-    min_common_word_share: float = Field(
-        0.08,
-        ge=0.0,
-        le=1.0,
-        description="for languages the model lacks: minimum share of the words that are its common words",
+    min_common_word_share: float = unit_interval(
+        0.08, "for languages the model lacks: minimum share of the words that are its common words"
     )
-    common_word_margin: float = Field(
-        0.05,
-        ge=0.0,
-        le=1.0,
-        description="... rejects when another listed language's common words are this much more (1: never)",
+    common_word_margin: float = unit_interval(
+        0.05, "... rejects when another listed language's common words are this much more (1: never)"
     )
     min_words_for_common_words: int = Field(20, ge=1, description="fewer words: not judged by common words")
     min_chars: int = Field(30, ge=0, description="shorter texts are too short to judge and are kept")
@@ -437,7 +428,7 @@ class DecontamSection(Section):
 class ShardsSection(Section):
     max_rows_per_shard: int = Field(100_000, ge=1)
     row_group_size: int = Field(10_000, ge=1)
-    valid_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    valid_fraction: float = unit_interval(0.05)
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     token_batch_size: int = Field(256, ge=1, description="documents per batched tokenizer call")
     sort_buffer_rows: int = Field(
