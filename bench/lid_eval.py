@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.lid_verify import LanguageVerifier, verify
+from pipeline.lid_verify import LanguageVerifier
 from pipeline.registry import Registry, UnknownLanguageError
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_paragraphs.jsonl"
@@ -73,30 +73,14 @@ def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
         if para.in_registry:
             stats = per_lang[para.language]
             stats["paragraphs"] += 1
-            stats["kept"] += verify(
-                para.text,
-                para.language,
-                preds,
-                registry,
-                verifier.thresholds,
-                verifier.model,
-                verifier.common_words,
-            ).keep
+            stats["kept"] += verifier.verify(para.text, para.language, preds).keep
             top = preds[0].language if preds else None
             stats["top1"] += top == para.language
             stats["top1_group"] += top in groups[para.language]
         for declared in registry.codes:
             if para.in_registry and para.language in groups[declared]:
                 continue
-            verdict = verify(
-                para.text,
-                declared,
-                preds,
-                registry,
-                verifier.thresholds,
-                verifier.model,
-                verifier.common_words,
-            )
+            verdict = verifier.verify(para.text, declared, preds)
             per_lang[declared]["catch_tried"] += 1
             per_lang[declared]["caught"] += not verdict.keep
             if para.in_registry:

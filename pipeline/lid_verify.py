@@ -303,9 +303,16 @@ class LanguageVerifier:
                 for i, preds in zip(again, more, strict=True):
                     predictions[i] = preds
         return [
-            verify(text, lang, preds, self.registry, self.thresholds, self.model, self.common_words)
+            self.verify(text, lang, preds)
             for text, lang, preds in zip(texts, declared, predictions, strict=True)
         ]
+
+    def verify(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> Verdict:
+        """`verify` with this verifier's registry, thresholds, model and common words, on predictions
+        the caller already has."""
+        return verify(
+            text, declared, predictions, self.registry, self.thresholds, self.model, self.common_words
+        )
 
     def _settled_by_top(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> bool:
         """Whether `verify` gives the same verdict from the top prediction alone as from the top-k: the

@@ -106,9 +106,10 @@ def _language_file() -> dict:
     return yaml_files.safe_load(LANGUAGE_RULES_PATH.read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=1)
 def stopword_lists() -> dict[str, list[str]]:
     """The shipped stop-word lists by language code (quality's stop-word rule, language ID's check of
-    the languages its model lacks)."""
+    the languages its model lacks); checked once. Read-only: callers share it."""
     lists = _language_file()["stopwords"]
     check_stopword_lists(lists, LANGUAGE_RULES_PATH)
     return lists
@@ -142,13 +143,14 @@ def load_language_rules(registry, overrides: dict | None = None) -> dict[str, La
         frozenset(line.lower() for line in data["boilerplate"]["lines"]),
     )
     rules = {}
+    stopwords = stopword_lists()
     segmentations = {code: language.segmentation for code, language in registry.languages.items()}
     for code, segmentation in {**segmentations, "default": "space"}.items():
         spec = dict(data["languages"].get(code) or {})
         bounds = {**data["default"], **{k: v for k, v in spec.items() if k in BOUND_NAMES}}
         bounds.update(overrides.get("default", {}))
         bounds.update(overrides.get(code, {}))
-        words = stopword_lists().get(code)
+        words = stopwords.get(code)
         rules[code] = LanguageRules(
             code=code,
             segmentation=segmentation,

@@ -302,7 +302,7 @@ def test_two_pass_prediction_gives_the_verdicts_of_top_k_for_every_text(shared_d
             declared += [lang, rng.choice(registry.codes), rng.choice(group), lang]
     verifier = LanguageVerifier(registry, thresholds=LidThresholds.for_model("lid176"), k=5)
     reference = [
-        verify(text, lang, preds, registry, verifier.thresholds, common_words=verifier.common_words)
+        verifier.verify(text, lang, preds)
         for text, lang, preds in zip(texts, declared, verifier.identifier.predict(texts, k=5), strict=True)
     ]
     assert verifier.verify_batch(texts, declared) == reference
