@@ -127,8 +127,8 @@ class MasterWeights:
     With float32 parameters under autocast, every micro-batch casts each weight to bf16, casts its
     gradient back to float32 and carries a float32 residual stream; on the 1.5B shape this class makes
     the step 4% faster (docs/training.md, Benchmark). Here the compute model holds bf16 parameters
-    (buffers such as the rotary frequencies keep their dtype) and a float32 copy of the same module (`module`, never run) holds the
-    master weights. As soon as autograd has accumulated a compute parameter's gradient, a hook adds it
+    (buffers such as the rotary frequencies keep their dtype) and a float32 copy of the same module
+    (`module`, never run) holds the master weights. As soon as autograd has accumulated a compute parameter's gradient, a hook adds it
     into the master's float32 `.grad` and frees it, so micro-batches accumulate in float32;
     `sync()` copies the masters back after the optimizer step.
     """
