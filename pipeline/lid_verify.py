@@ -185,6 +185,15 @@ class CommonWords:
         return Counter(chain.from_iterable(filter(None, map(self.index.get, words))))
 
 
+def common_word_shares(text: str, common_words: CommonWords, min_words: int) -> dict[str, float] | None:
+    """Share of `text`'s words (in its first characters) on each listed language's list; None when it
+    has fewer than `min_words` words."""
+    words = _list_words(text)
+    if len(words) < min_words:
+        return None
+    return {code: n / len(words) for code, n in common_words.counts(words).items()}
+
+
 def common_word_contradiction(
     text: str, declared: str, common_words: CommonWords, thresholds: LidThresholds
 ) -> str | None:
@@ -192,19 +201,17 @@ def common_word_contradiction(
     it reads as `declared`)."""
     if declared not in common_words.codes:
         return None
-    words = _list_words(text)
-    if len(words) < thresholds.min_words_for_common_words:
+    shares = common_word_shares(text, common_words, thresholds.min_words_for_common_words)
+    if shares is None:
         return None
-    counts = common_words.counts(words)
-    share = counts[declared] / len(words)
+    share = shares.get(declared, 0.0)
     if share < thresholds.min_common_word_share:
         return f"declared {declared}, {share:.0%} of the words are common {declared} words"
-    rival, rival_count = max(
-        ((code, n) for code, n in counts.items() if code != declared),
+    rival, rival_share = max(
+        ((code, s) for code, s in shares.items() if code != declared),
         key=lambda item: item[1],
-        default=(None, 0),
+        default=(None, 0.0),
     )
-    rival_share = rival_count / len(words)
     if rival is not None and rival_share >= share + thresholds.common_word_margin:
         return f"declared {declared}, reads more like {rival}: {rival_share:.0%} common {rival} words, {share:.0%} {declared}"
     return None

@@ -53,3 +53,25 @@ def test_segment_reuse_benchmark_smoke(tmp_path, shared_data):
     assert results["docs"] == 300 and results["segment_seconds"] > 0 and results["one_boundary_seconds"] > 0
     assert abs(results["carry_to_quality_seconds"] - 3 * results["one_boundary_seconds"]) < 0.003
     assert results["commit"]
+
+
+def test_lid_cross_validation_smoke(tmp_path, shared_data):
+    stdout, results = _run_bench(
+        "bench_lid_cross_validation.py",
+        ["--shares", "0.08", "0.12", "--margins", "0.05"],
+        tmp_path / "lid_cross_validation.json",
+    )
+    assert "held-out half" in stdout
+    assert results["checked_languages"] == ["bm", "ha", "ig", "ln", "nso", "rw"]
+    assert sum(results["halves"]) == results["paragraphs"]
+    for fold in results["folds"]:
+        assert fold["chosen"]["min_common_word_share"] in (0.08, 0.12)
+        # the check is what catches text declared as these languages
+        assert (
+            fold["held_out_half"]["catch_rate_macro"]
+            > fold["held_out_half_check_off"]["catch_rate_macro"] + 0.2
+        )
+    headroom = results["true_paragraph_headroom"]
+    assert set(headroom) == set(results["checked_languages"])
+    assert all(0 < h["lowest_own_share"] <= 1 for h in headroom.values())
+    assert results["commit"]

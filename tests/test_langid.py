@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.lid_verify import LanguageVerifier, LidThresholds, verify
+from pipeline.lid_verify import CommonWords, LanguageVerifier, LidThresholds, common_word_shares, verify
 from pipeline.stage import run_stage
 from pipeline.steps import list_parquet, read_records
 
@@ -183,6 +183,16 @@ def test_languages_the_model_lacks_are_checked_by_their_common_words(shared_data
     assert len(caught) >= 10 and any("reads more like sw" in v.detail for v in caught)
     short = " ".join(others[0].split()[:12])  # under min_words_for_common_words: not judged by words
     assert verifier.check(short, "ha").keep or "common" not in verifier.check(short, "ha").detail
+
+
+def test_common_word_shares():
+    """Shares of the text's words on each list; a word on two lists counts for both; too short: None."""
+    lists = CommonWords({"sw": ["na", "ya", "kwa"], "ha": ["da", "na", "ya"]})
+    text = "Homa ni dalili ya kawaida na kwa watoto " * 3  # 24 words: "ya", "na", "kwa" three times each
+    shares = common_word_shares(text, lists, min_words=20)
+    assert shares == {"sw": 9 / 24, "ha": 6 / 24}
+    assert common_word_shares(text, lists, min_words=25) is None
+    assert common_word_shares("Hello world " * 12, lists, min_words=20) == {}
 
 
 def test_common_word_check_settings_from_config(tmp_path, write_config, shared_data, registry):
