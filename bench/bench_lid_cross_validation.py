@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     result |= {
         "seconds": round(time.perf_counter() - started, 1),
-        "command": " ".join(["bench/bench_lid_cross_validation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["bench/bench_lid_cross_validation.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "commit": git_commit(),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
     }
