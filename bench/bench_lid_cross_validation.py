@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_curation import TICO  # noqa: E402
 from lid_eval import Paragraph, load_paragraphs  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import write_result  # noqa: E402
 
 from pipeline.lid_verify import LanguageVerifier, LidThresholds, common_word_shares, verify  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
@@ -202,17 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(LanguageVerifier(registry), load_paragraphs(TICO, registry))
     result = cross_validate(scorer, tuple(args.shares), tuple(args.margins))
     print(table(result))
-    result |= {
-        "seconds": round(time.perf_counter() - started, 1),
-        "command": " ".join(
-            ["bench/bench_lid_cross_validation.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "commit": git_commit(),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_result(result, "bench_lid_cross_validation.py", argv, args.out)
     return 0
 
 

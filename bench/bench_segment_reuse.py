@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_curation import TICO, load_docs  # noqa: E402
 from corpus import cached_corpus  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import write_result  # noqa: E402
 
 from pipeline.registry import load_registry  # noqa: E402
 from pipeline.segment import segment  # noqa: E402
@@ -97,14 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'words column from dedup to quality (3 boundaries)':<52}{result['carry_to_quality_seconds']:>10.3f}"
     )
     print(f"carrying the words pays: {result['carrying_pays']}  ({result['docs']:,} documents)")
-    result |= {
-        "command": " ".join(["bench/bench_segment_reuse.py", *(argv if argv is not None else sys.argv[1:])]),
-        "commit": git_commit(),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, "bench_segment_reuse.py", argv, args.out)
     return 0
 
 
