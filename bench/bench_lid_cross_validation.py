@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_curation import TICO  # noqa: E402
-from lid_eval import Paragraph, load_paragraphs  # noqa: E402
+from lid_eval import Paragraph, judged_pairs, load_paragraphs  # noqa: E402
 from provenance import write_result  # noqa: E402
 
 from pipeline.lid_verify import LanguageVerifier, LidThresholds, common_word_shares, verify  # noqa: E402
@@ -59,7 +59,6 @@ class Scorer:
             for code in verifier.common_words.codes & set(registry.codes)
             if not registry.get(code).lid_labels_for(verifier.model)
         )
-        self.groups = {code: registry.confusable_with(code) for code in self.checked}
 
     def headroom(self) -> dict[str, dict[str, float]]:
         """Per checked language, over its true paragraphs: the lowest share of its own common words and
@@ -90,30 +89,27 @@ class Scorer:
             v.thresholds, min_common_word_share=share, common_word_margin=margin
         )
         kept = true = 0
-        catch = {}
-        for declared in self.checked:
-            caught = tried = 0
-            for i in subset:
-                paragraph = self.paragraphs[i]
-                truly = paragraph.in_registry and paragraph.language == declared
-                if not truly and paragraph.in_registry and paragraph.language in self.groups[declared]:
-                    continue  # a confusable partner is not another language
-                keep = verify(
-                    paragraph.text,
-                    declared,
-                    self.predictions[i],
-                    v.registry,
-                    thresholds,
-                    v.model,
-                    v.common_words,
-                ).keep
-                if truly:
-                    kept += keep
-                    true += 1
-                else:
-                    caught += not keep
-                    tried += 1
-            catch[declared] = round(caught / tried, 4)
+        caught: dict[str, int] = dict.fromkeys(self.checked, 0)
+        tried: dict[str, int] = dict.fromkeys(self.checked, 0)
+        paragraphs = [self.paragraphs[i] for i in subset]
+        for j, declared, truly in judged_pairs(paragraphs, self.checked, v.registry):
+            i = subset[j]
+            keep = verify(
+                self.paragraphs[i].text,
+                declared,
+                self.predictions[i],
+                v.registry,
+                thresholds,
+                v.model,
+                v.common_words,
+            ).keep
+            if truly:
+                kept += keep
+                true += 1
+            else:
+                caught[declared] += not keep
+                tried[declared] += 1
+        catch = {code: round(caught[code] / tried[code], 4) for code in self.checked}
         return {
             "settings": {"min_common_word_share": share, "common_word_margin": margin},
             "keep_rate": round(kept / true, 4),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,22 @@ def load_paragraphs(tico_path: Path, registry: Registry, heldout: Path = HELDOUT
     return out
 
 
+def judged_pairs(
+    paragraphs: list[Paragraph], declared_codes: Iterable[str], registry: Registry
+) -> Iterator[tuple[int, str, bool]]:
+    """What the keep and catch rates count: (paragraph index, declared language, whether the paragraph
+    is truly in it). A paragraph counts for keep as its own language, and for catch as every other
+    language outside its confusable group (a confusable partner is not another language)."""
+    declared_codes = list(declared_codes)
+    groups = {code: registry.confusable_with(code) for code in declared_codes}
+    for i, para in enumerate(paragraphs):
+        for declared in declared_codes:
+            if para.in_registry and para.language == declared:
+                yield i, declared, True
+            elif not (para.in_registry and para.language in groups[declared]):
+                yield i, declared, False
+
+
 def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
     """Keep / catch / accuracy figures per language and overall (macro: every language weighs the same)."""
     registry = verifier.registry
@@ -69,22 +86,21 @@ def evaluate(verifier: LanguageVerifier, paragraphs: list[Paragraph]) -> dict:
     }
     caught_by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     groups = {code: registry.confusable_with(code) for code in registry.codes}
-    for para, preds in zip(paragraphs, predictions, strict=True):
-        if para.in_registry:
-            stats = per_lang[para.language]
+    for i, declared, truly in judged_pairs(paragraphs, registry.codes, registry):
+        para, preds = paragraphs[i], predictions[i]
+        keep = verifier.verify(para.text, declared, preds).keep
+        stats = per_lang[declared]
+        if truly:
             stats["paragraphs"] += 1
-            stats["kept"] += verifier.verify(para.text, para.language, preds).keep
+            stats["kept"] += keep
             top = preds[0].language if preds else None
-            stats["top1"] += top == para.language
-            stats["top1_group"] += top in groups[para.language]
-        for declared in registry.codes:
-            if para.in_registry and para.language in groups[declared]:
-                continue
-            verdict = verifier.verify(para.text, declared, preds)
-            per_lang[declared]["catch_tried"] += 1
-            per_lang[declared]["caught"] += not verdict.keep
+            stats["top1"] += top == declared
+            stats["top1_group"] += top in groups[declared]
+        else:
+            stats["catch_tried"] += 1
+            stats["caught"] += not keep
             if para.in_registry:
-                caught_by_source[para.language][0] += not verdict.keep
+                caught_by_source[para.language][0] += not keep
                 caught_by_source[para.language][1] += 1
 
     def rate(a: int, b: int) -> float | None:
