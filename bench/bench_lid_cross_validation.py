@@ -166,15 +166,13 @@ def table(result: dict) -> str:
             ("   check off, held-out half", fold["held_out_half_check_off"]),
         )
         for name, r in rows:
-            lowest = min(r["catch_rate"].items(), key=lambda item: item[1])
-            lines.append(
-                f"{name:<44}{r['keep_rate']:>8.4f}{r['catch_rate_macro']:>14.4f}{f'{lowest[1]:.3f} ({lowest[0]})':>20}"
-            )
+            code, rate = min(r["catch_rate"].items(), key=lambda item: item[1])
+            lowest = f"{rate:.3f} ({code})"
+            lines.append(f"{name:<44}{r['keep_rate']:>8.4f}{r['catch_rate_macro']:>14.4f}{lowest:>20}")
     lines.append("true paragraphs (all): lowest share of own common words / largest lead of another list")
     for code, h in result["true_paragraph_headroom"].items():
-        lines.append(
-            f"   {code:<6}{h['paragraphs']:>5} paragraphs   {h['lowest_own_share']:.3f} / {h['largest_rival_lead']:+.3f}"
-        )
+        shares = f"{h['lowest_own_share']:.3f} / {h['largest_rival_lead']:+.3f}"
+        lines.append(f"   {code:<6}{h['paragraphs']:>5} paragraphs   {shares}")
     return "\n".join(lines)
 
 

@@ -128,9 +128,9 @@ class MasterWeights:
     gradient back to float32 and carries a float32 residual stream; on the 1.5B shape this class makes
     the step 4% faster (docs/training.md, Benchmark). Here the compute model holds bf16 parameters
     (buffers such as the rotary frequencies keep their dtype) and a float32 copy of the same module
-    (`module`, never run) holds the master weights. As soon as autograd has accumulated a compute parameter's gradient, a hook adds it
-    into the master's float32 `.grad` and frees it, so micro-batches accumulate in float32;
-    `sync()` copies the masters back after the optimizer step.
+    (`module`, never run) holds the master weights. As soon as autograd has accumulated a compute
+    parameter's gradient, a hook adds it into the master's float32 `.grad` and frees it, so
+    micro-batches accumulate in float32; `sync()` copies the masters back after the optimizer step.
     """
 
     def __init__(self, compute: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
