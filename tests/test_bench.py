@@ -27,7 +27,7 @@ def test_curation_benchmark_smoke(tmp_path, shared_data):
     stdout, results = _run_bench(
         "bench_curation.py",
         [*small, "--scale-docs", "0", "--chain-repeats", "1", "--repeats", "1"]
-        + ["--only", "langid", "signatures", "chain", "tokens", "dedup"],
+        + ["--only", "langid", "signatures", "chain", "chain_corpus", "tokens", "dedup"],
         tmp_path / "curation.json",
     )
     assert "chain speed-up" in stdout
@@ -36,10 +36,14 @@ def test_curation_benchmark_smoke(tmp_path, shared_data):
     assert chain["medbabel"]["failed"] is None
     assert chain["stages_measured"] == ["dedup", "langid", "families", "quality", "decontam", "shards"]
     assert 0 < chain["medbabel"]["docs_out"] <= 300 and chain["speedup"] > 0
+    whole = results["chain_corpus"]  # every document of the 2,000 in a language stock can tokenise
+    assert "chain speed-up, whole corpus" in stdout and whole["runs"] == 1
+    assert 300 < whole["medbabel"]["docs"] == whole["datatrove"]["docs"] <= 2000
+    assert whole["medbabel"]["failed"] is None and whole["medbabel"]["docs_out"] > 0
     assert results["tokens"]["counts_differ"] == 0 and results["tokens"]["tokens"] > 0
     assert results["dedup_quality"]["recall"] > 0.9
     assert results["langid"]["docs_per_s"]["medbabel"] > 0
-    for part in ("langid", "signatures", "chain", "tokens", "dedup_quality"):
+    for part in ("langid", "signatures", "chain", "chain_corpus", "tokens", "dedup_quality"):
         assert results[part]["measured"]["commit"] == results["commit"]
 
 
