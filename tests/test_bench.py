@@ -30,14 +30,20 @@ def test_curation_benchmark_smoke(tmp_path, shared_data):
         + ["--only", "langid", "signatures", "chain", "chain_corpus", "tokens", "dedup"],
         tmp_path / "curation.json",
     )
-    assert "chain speed-up" in stdout
+    assert "speed-up, stock LID at 0.65" in stdout
     assert results["commit"] and results["command"].startswith("bench/bench_curation.py")
     chain = results["chain"]
     assert chain["medbabel"]["failed"] is None
     assert chain["stages_measured"] == ["dedup", "langid", "families", "quality", "decontam", "shards"]
     assert 0 < chain["medbabel"]["docs_out"] <= 300 and chain["speedup"] > 0
+    # label-only stock language ID hands every document on; the default one may remove some
+    same, stock = chain["datatrove_label_only"], chain["datatrove"]
+    assert (
+        same["docs_after_langid"] == 300 >= stock["docs_after_langid"] and chain["label_only"]["speedup"] > 0
+    )
+    assert "speed-up, same documents" in stdout
     whole = results["chain_corpus"]  # every document of the 2,000 in a language stock can tokenise
-    assert "chain speed-up, whole corpus" in stdout and whole["runs"] == 1
+    assert "chain, whole corpus" in stdout and whole["runs"] == 1
     assert 300 < whole["medbabel"]["docs"] == whole["datatrove"]["docs"] <= 2000
     assert whole["medbabel"]["failed"] is None and whole["medbabel"]["docs_out"] > 0
     assert results["tokens"]["counts_differ"] == 0 and results["tokens"]["tokens"] > 0
