@@ -325,8 +325,9 @@ def run_stock_chain(rows: list[dict], work: Path, model_path: Path, label_only: 
             "lid",
             "langid",
         )
-        after_langid += sum(pq.ParquetFile(p).metadata.num_rows for p in (base / "lid").rglob("*.parquet"))
-        if not list((base / "lid").rglob("*.parquet")):
+        lid_files = list((base / "lid").rglob("*.parquet"))
+        after_langid += sum(pq.ParquetFile(p).metadata.num_rows for p in lid_files)
+        if not lid_files:
             continue  # stock LanguageFilter (score > 0.65) removed every document of this language
         execute(
             [ParquetReader(str(base / "lid")), MinhashDedupSignature(str(base / "sigs"), config, lang)],
@@ -910,7 +911,9 @@ def main(argv: list[str] | None = None) -> int:
             results[part]["measured"] = measured  # which run each part comes from
     if args.out.exists() and args.only:  # a partial run updates its parts only
         previous = json.loads(args.out.read_text())
-        previous.update({k: v for k, v in results.items() if k not in ("command", "commit", "machine")})
+        # the top-level command, commit, machine and seconds stay those of the full run
+        top_level = ("command", "commit", "machine", "seconds")
+        previous.update({k: v for k, v in results.items() if k not in top_level})
         results = previous
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {args.out}")
