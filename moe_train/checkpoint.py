@@ -103,6 +103,44 @@ def load_checkpoint(path: Path) -> dict:
     }
 
 
+# Width of the all-zero shared expert an export without one carries (see `null_shared_expert`): divisible
+# by every tensor-parallel size vLLM accepts for 7 experts (it refuses more ranks than experts).
+NULL_SHARED_EXPERT_WIDTH = 8
+
+
+def null_shared_expert(config, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give a model trained without a shared expert an all-zero one of NULL_SHARED_EXPERT_WIDTH units.
+
+    Engines disagree about a zero-width shared expert: stock transformers always builds it (reporting
+    its tensors missing when the file leaves them out) while vLLM builds none at width 0 (refusing them
+    when present), and zero-size tensors break other readers. A shared expert whose weights are all zero
+    outputs exactly 0 (`sigmoid(gate(x)) * down(0)`), so the model computes the same function and every
+    engine loads every tensor it declares. Sets `config.shared_expert_intermediate_size` accordingly."""
+    if config.shared_expert_intermediate_size:
+        return state
+    width, hidden = NULL_SHARED_EXPERT_WIDTH, config.hidden_size
+    config.shared_expert_intermediate_size = width
+    shapes = {"gate_proj": (width, hidden), "up_proj": (width, hidden), "down_proj": (hidden, width)}
+    state = dict(state)
+    for name, tensor in list(state.items()):
+        part = name.split(".shared_expert.", 1)[-1].split(".")[0] if ".shared_expert." in name else None
+        if part in shapes:
+            state[name] = torch.zeros(shapes[part], dtype=tensor.dtype)
+    return state
+
+
+# Keys that readers written before transformers moved RoPE settings into `rope_parameters` look for
+# (vLLM's and llama.cpp's converters, transformers 4.x); absent, some assume rope_theta = 10000.
+def legacy_config_keys(config: dict) -> dict:
+    """config.json's keys plus `rope_theta`, `rope_scaling` and `torch_dtype` as older readers spell them."""
+    rope = config.get("rope_parameters") or {}
+    extra = {"rope_theta": rope.get("rope_theta", config.get("rope_theta"))}
+    extra["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else dict(rope)
+    if "dtype" in config:
+        extra["torch_dtype"] = config["dtype"]
+    return {**config, **{k: v for k, v in extra.items() if k not in config}}
+
+
 def export_model(
     export_dir: Path,
     model_state: dict[str, torch.Tensor],
@@ -112,7 +150,8 @@ def export_model(
     eos_token_ids: list[int],
     pad_token_id: int,
 ) -> Path:
-    """Write a stock Qwen2-MoE checkpoint (safetensors, config, tokenizer, generation config) atomically."""
+    """Write a stock Qwen2-MoE checkpoint (safetensors, config, tokenizer, generation config) atomically:
+    no zero-size tensor, and the config keys older readers need (see null_shared_expert, legacy_config_keys)."""
     from transformers import GenerationConfig
 
     from moe_train.model import complete_state_dict, new_moe_model
@@ -120,8 +159,8 @@ def export_model(
     config = config.__class__.from_dict(config.to_dict())
     config.eos_token_id = eos_token_ids[0]
     config.pad_token_id = pad_token_id
+    state = null_shared_expert(config, complete_state_dict(config, model_state))
     model = new_moe_model(config, device="meta")
-    state = complete_state_dict(config, model_state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
@@ -137,6 +176,10 @@ def export_model(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    config_path = tmp / "config.json"
+    config_path.write_text(
+        json.dumps(legacy_config_keys(json.loads(config_path.read_text())), indent=2) + "\n"
+    )
     if export_dir.exists():
         shutil.rmtree(export_dir)
     os.replace(tmp, export_dir)

@@ -144,7 +144,7 @@ class ReportBuilder:
         for language in languages:
             files = [f for f in manifest.files if f.language == language]
             train_docs, train_tokens = split_sums(files, "train")
-            valid_docs, valid_tokens = split_sums(files, "valid")
+            valid_docs, valid_tokens = split_sums(files, "validation")
             rows.append([language, files[0].family, train_docs, valid_docs, train_tokens, valid_tokens])
         section.tables.append(
             Table(

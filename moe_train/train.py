@@ -682,10 +682,10 @@ class Trainer:
         return load_tokenizer()
 
     def _validation_batches(self) -> list[Batch]:
-        """A fixed set of validation micro-batches (split 'valid'), this rank's share of them."""
+        """A fixed set of validation micro-batches (split 'validation'), this rank's share of them."""
         selection = DataSelection(
             shards_dir=self.shards_dir,
-            split="valid",
+            split="validation",
             languages=self.selection.languages,
             families=self.selection.families,
             source_types=self.selection.source_types,

@@ -56,7 +56,7 @@ def read_valid_documents(
     encoder = DocumentTokenizer(tokenizer, chat_template)
     per_language: dict[str, int] = defaultdict(int)
     docs: list[ValidDoc] = []
-    for shard in sorted(manifest.select(split="valid"), key=lambda f: f.path):
+    for shard in sorted(manifest.select(split="validation"), key=lambda f: f.path):
         if max_docs_per_language is not None and per_language[shard.language] >= max_docs_per_language:
             continue
         rows = pq.read_table(Path(shards_dir) / shard.path, columns=list(_COLUMNS)).to_pylist()

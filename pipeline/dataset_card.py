@@ -1,9 +1,11 @@
 """The Hugging Face dataset card of the final shards (OUT/shards/README.md) and its plots.
 
-The YAML header declares one `datasets` config per language (and per family, plus `all`), so
-`datasets.load_dataset(OUT/shards, "<code>")` loads one language; the body says at a glance what
-the corpus is: documents and tokens per language, family and source type, and the curation funnel
-(what every stage removed and why, from each `OUT/<stage>/summary.json`).
+The YAML header is built with `huggingface_hub`'s `DatasetCardData` (so `DatasetCard.load` reads it
+back as written) and declares one `datasets` config per language (and per family, plus `all`), so
+`datasets.load_dataset(OUT/shards, "<code>")` loads one language; its licence comes from the sources
+(their SPDX ids, or `other` with a link to the card's section listing each source's licence). The body
+says at a glance what the corpus is: documents and tokens per language, family and source type, and the
+curation funnel (what every stage removed and why, from each `OUT/<stage>/summary.json`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,29 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from pipeline.manifest import Manifest
-from pipeline.schema import COLUMNS, SCHEMA_VERSION
+from pipeline.schema import COLUMNS, SCHEMA_VERSION, SPLITS
 
 PLOTS_DIR = "plots"
-SPLITS = ("train", "valid")
+CARD_NAME = "README.md"
+LICENSES_SECTION = "licenses"  # the card's heading that lists each source's licence
+
+# SPDX ids the Hugging Face Hub accepts as `license` (it spells them in lower case); a source licence
+# outside this set makes the card's licence `other` with a link to the per-source list.
+HUB_SPDX_LICENSES = frozenset(
+    {
+        "apache-2.0", "mit", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd-2-clause", "bsd-3-clause",
+        "bsd-3-clause-clear", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+        "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+        "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+        "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0",
+        "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gpl-2.0", "gpl-3.0", "lgpl-2.1",
+        "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl", "mpl-2.0", "odc-by", "odbl", "osl-3.0", "postgresql",
+        "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl",
+    }
+)  # fmt: skip
 
 
 def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path:
@@ -31,10 +49,12 @@ def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path
     funnel = _funnel(ctx.out, [s.name for s in STAGES[: [s.name for s in STAGES].index("shards")]])
     funnel.append({"stage": "shards", **_funnel_row(summarize_counters(ctx.counters())), "adds": False})
     plots = _plots(shards_dir / PLOTS_DIR, stats, funnel, ctx.registry)
-    text = _front_matter(ctx, manifest, stats) + _body(ctx, manifest, stats, funnel, plots)
-    path = shards_dir / "README.md"
+    card = DatasetCard(
+        f"---\n{card_data(ctx, manifest, stats).to_yaml()}\n---\n\n{_body(ctx, manifest, stats, funnel, plots)}"
+    )
+    path = shards_dir / CARD_NAME
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(str(card), encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -60,6 +80,7 @@ def _corpus_stats(manifest: Manifest, group_infos: list[dict]) -> dict:
     per_source_type: dict[str, dict] = defaultdict(lambda: {"docs": 0, "tokens": 0})
     origins: dict[str, int] = defaultdict(int)
     licenses: dict[str, int] = defaultdict(int)
+    sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for f in manifest.files:
         language = per_language[f.language]
         language["docs"] += f.rows
@@ -84,6 +105,9 @@ def _corpus_stats(manifest: Manifest, group_infos: list[dict]) -> dict:
             per_language[language]["origins"][origin] += n
         for license_name, n in info["licenses"].items():
             licenses[license_name] += n
+        for source, by_license in info.get("sources", {}).items():
+            for license_name, n in by_license.items():
+                sources[source][license_name] += n
     return {
         "languages": dict(sorted(per_language.items(), key=lambda kv: (-kv[1]["tokens"], kv[0]))),
         "families": dict(sorted(per_family.items(), key=lambda kv: (-kv[1]["tokens"], kv[0]))),
@@ -91,6 +115,7 @@ def _corpus_stats(manifest: Manifest, group_infos: list[dict]) -> dict:
         "source_types": dict(sorted(per_source_type.items(), key=lambda kv: (-kv[1]["tokens"], kv[0]))),
         "origins": dict(sorted(origins.items(), key=lambda kv: (-kv[1], kv[0]))),
         "licenses": dict(sorted(licenses.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "sources": {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
         "totals": manifest.totals,
     }
 
@@ -203,7 +228,7 @@ def _draw_plots(directory: Path, stats: dict, funnel: list[dict]) -> dict[str, s
     save(fig, "tokens_per_language")
 
     for key, title, name in (
-        ("families", "Tokens per family (expert)", "tokens_per_family"),
+        ("families", "Tokens per language family", "tokens_per_family"),
         ("source_types", "Tokens per source type", "tokens_per_source_type"),
     ):
         items = stats[key]
@@ -290,7 +315,27 @@ def _data_files(manifest: Manifest, pattern: str, **select) -> list[dict]:
     ]
 
 
-def _front_matter(ctx, manifest: Manifest, stats: dict) -> str:
+def hub_license(license_name: str) -> str | None:
+    """The Hub's (lower-case SPDX) id of a source licence, or None when it has none."""
+    candidate = license_name.strip().lower()
+    return candidate if candidate in HUB_SPDX_LICENSES else None
+
+
+def license_fields(licenses: list[str]) -> dict:
+    """The card's licence: the SPDX ids when every source has one, else `other` with a name and a
+    link to the card's section that lists each source's licence."""
+    ids = [hub_license(name) for name in licenses]
+    if ids and all(ids):
+        return {"license": sorted(set(ids))}
+    return {
+        "license": "other",
+        "license_name": "medbabel-source-licenses",
+        "license_link": f"{CARD_NAME}#{LICENSES_SECTION}",
+    }
+
+
+def card_data(ctx, manifest: Manifest, stats: dict) -> DatasetCardData:
+    """The card's YAML header, in the Hub's own type."""
     configs = []
     if manifest.files:
         configs.append(
@@ -304,31 +349,26 @@ def _front_matter(ctx, manifest: Manifest, stats: dict) -> str:
             configs.append(
                 {
                     "config_name": code,
-                    "data_files": _data_files(
-                        manifest, "data/{split}/family=*/language={language}/*.parquet", language=code
-                    ),
+                    "data_files": _data_files(manifest, "data/{split}/*/{language}/*.parquet", language=code),
                 }
             )
         for family in sorted(stats["families"]):
             configs.append(
                 {
                     "config_name": f"family_{family}",
-                    "data_files": _data_files(
-                        manifest, "data/{split}/family={family}/*/*.parquet", family=family
-                    ),
+                    "data_files": _data_files(manifest, "data/{split}/{family}/*/*.parquet", family=family),
                 }
             )
-    header = {
-        "pretty_name": f"medbabel medical corpus ({ctx.cfg.run.name})",
-        "language": sorted(stats["languages"]),
-        "license": "other",
-        "multilinguality": "multilingual",
-        "task_categories": ["text-generation"],
-        "tags": ["medical", "multilingual", "medbabel"],
-        "size_categories": [_size_category(stats["totals"]["rows"])],
-        "configs": configs,
-    }
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n"
+    return DatasetCardData(
+        pretty_name=f"medbabel medical corpus ({ctx.cfg.run.name})",
+        language=sorted(stats["languages"]),
+        multilinguality="multilingual",
+        task_categories=["text-generation"],
+        size_categories=[_size_category(stats["totals"]["rows"])],
+        tags=["medical", "multilingual", "medbabel"],
+        configs=configs,
+        **license_fields(list(stats["licenses"])),
+    )
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -342,6 +382,10 @@ def _table(header: list[str], rows: list[list]) -> str:
 _TEXT_HEADERS = {
     "language",
     "family",
+    "expert",
+    "source",
+    "license",
+    "SPDX",
     "tier",
     "source types (documents)",
     "why",
@@ -372,9 +416,10 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
     parts.append(
         f"\nA multilingual **medical** text corpus for training language-family Mixture-of-Experts models "
         f"(ApolloMoE recipe): **{totals['rows']:,} documents** and **{totals['tokens']:,} Qwen2 tokens** in "
-        f"**{n_languages} languages**, grouped into **{n_families} expert families** (scheme `{scheme}`). "
+        f"**{n_languages} languages** of **{n_families} language families** (expert scheme `{scheme}`: the "
+        f"`expert` and `expert_id` columns). "
         f"Split by translation family into train ({stats['splits'].get('train', {}).get('docs', 0):,} docs) "
-        f"and valid ({stats['splits'].get('valid', {}).get('docs', 0):,} docs); a translation always shares "
+        f"and validation ({stats['splits'].get('validation', {}).get('docs', 0):,} docs); a translation always shares "
         f"its source's split. Built by medbabel; record schema v{SCHEMA_VERSION}; config hash "
         f"`{manifest.config_hash}`.\n"
     )
@@ -400,6 +445,8 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
         )
 
     parts.append("\n## Languages\n\n")
+    scheme_spec = registry.schemes.get(scheme)
+    expert_of = {e_code: e.name for e in scheme_spec.experts for e_code in e.languages} if scheme_spec else {}
     rows = []
     for code, v in stats["languages"].items():
         language = registry.languages.get(code)
@@ -409,6 +456,7 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
                 f"`{code}`",
                 language.name if language else code,
                 v["family"],
+                expert_of.get(code, ""),
                 language.tier if language else "",
                 f"{v['docs']:,}",
                 f"{v['tokens']:,}",
@@ -423,6 +471,7 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
                 "code",
                 "language",
                 "family",
+                "expert",
                 "tier",
                 "documents",
                 "tokens",
@@ -440,7 +489,7 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
     parts.append(
         _table(
             [
-                "family (expert)",
+                "family",
                 "languages",
                 "documents",
                 "tokens",
@@ -500,9 +549,21 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
     parts.append(
         _table(["column", "type", "description"], [[f"`{c.name}`", f"`{c.type}`", c.doc] for c in COLUMNS])
     )
-    if stats["licenses"]:
-        parts.append("\n## Licenses\n\nEach document keeps the license of its source (`license` column):\n\n")
-        parts.append(_table(["license", "documents"], [[k, f"{v:,}"] for k, v in stats["licenses"].items()]))
+    if stats["sources"]:
+        parts.append(
+            "\n## Licenses\n\nEach document keeps the licence of its source (`license` column); the corpus as a "
+            "whole is under the licences of its sources:\n\n"
+        )
+        parts.append(
+            _table(
+                ["source", "license", "SPDX", "documents"],
+                [
+                    [source, name, hub_license(name) or "-", f"{n:,}"]
+                    for source, by_license in stats["sources"].items()
+                    for name, n in by_license.items()
+                ],
+            )
+        )
     parts.append(
         "\n## Processing\n\n"
         "collect → translate / rewrite → dedup (exact + MinHash, per language) → langid (fastText, declared "
@@ -518,19 +579,25 @@ def _loading_section() -> str:
     return """
 ## Loading
 
+Every file holds all the columns below (`split`, `family` and `language` included); the directories
+`data/<split>/<family>/<language>/` are plain names, so any Parquet reader gives the same columns and types.
+
 ```python
 from datasets import load_dataset
-ds = load_dataset("path/to/shards", "en")            # one language (configs: all, <code>, family_<name>)
-ds = load_dataset("parquet", data_files={"train": "path/to/shards/data/train/*/*/*.parquet"})
+
+sw = load_dataset("path/to/shards", "sw")  # one language (configs: all, <code>, family_<name>)
+everything = load_dataset("path/to/shards")  # all languages, splits train and validation
 
 import pandas as pd
-df = pd.read_parquet("path/to/shards/data/train/family=indo_european/language=fr")
+
+df = pd.read_parquet("path/to/shards/data/train")
+df.groupby(["family", "language"]).n_tokens.sum()
 ```
 
 ```sql
 -- DuckDB
 SELECT language, count(*) AS docs, sum(n_tokens) AS tokens
-FROM read_parquet('path/to/shards/data/*/*/*/*.parquet', hive_partitioning = false)
+FROM read_parquet('path/to/shards/data/*/*/*/*.parquet')
 GROUP BY language ORDER BY tokens DESC;
 ```
 """

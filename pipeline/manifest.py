@@ -1,8 +1,13 @@
 """The final shard layout and its manifest: the contract between the shards stage and training.
 
-OUT/shards/data/<split>/family=<family>/language=<code>/part-NNNNN.parquet
-OUT/shards/manifest.json   schema version, config hash, scheme, and per file: path, rows, tokens, bytes, sha256
+OUT/shards/data/<split>/<family>/<language>/part-NNNNN.parquet   split: train | validation
+OUT/shards/manifest.json   schema version, layout, config hash, scheme, and per file: path, split, family,
+                           language, rows, tokens, bytes, sha256
 OUT/shards/README.md       Hugging Face dataset card
+
+The directories are plain names, not hive `key=value` pairs: every file holds all the record columns
+(`split`, `family`, `language` included), so pandas, pyarrow, DuckDB, polars and `datasets` read the
+same columns with the same types whether or not they are asked to discover hive partitions.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from pipeline.schema import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
+SHARD_LAYOUT = "data/{split}/{family}/{language}/part-{index:05d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class Manifest:
     scheme: str
     files: list[ShardFile] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    layout: str = SHARD_LAYOUT
 
     @property
     def totals(self) -> dict[str, int]:
@@ -63,6 +70,7 @@ class Manifest:
     def to_json(self) -> str:
         data = {
             "schema_version": self.schema_version,
+            "layout": self.layout,
             "config_hash": self.config_hash,
             "scheme": self.scheme,
             "totals": self.totals,
@@ -72,7 +80,7 @@ class Manifest:
 
 
 def shard_relpath(split: str, family: str, language: str, index: int) -> str:
-    return f"data/{split}/family={family}/language={language}/part-{index:05d}.parquet"
+    return SHARD_LAYOUT.format(split=split, family=family, language=language, index=index)
 
 
 def file_sha256(path: Path) -> str:
@@ -98,11 +106,13 @@ def load_manifest(shards_dir: str | Path) -> Manifest:
     data = json.loads(path.read_text())
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(
-            f"{path}: schema version {data.get('schema_version')} but this code reads {SCHEMA_VERSION}"
+            f"{path}: schema version {data.get('schema_version')} but this code reads {SCHEMA_VERSION} "
+            f"(re-run `make shards`)"
         )
     return Manifest(
         config_hash=data["config_hash"],
         scheme=data["scheme"],
         files=[ShardFile(**f) for f in data["files"]],
         schema_version=data["schema_version"],
+        layout=data.get("layout", SHARD_LAYOUT),
     )

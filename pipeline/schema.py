@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SOURCE_TYPES = (
     "book",
@@ -28,7 +28,7 @@ SOURCE_TYPES = (
     "terminology",
 )
 ORIGINS = ("original", "translated", "translation_memory", "rewritten")
-SPLITS = ("train", "valid")
+SPLITS = ("train", "validation")  # the names the Hugging Face Hub and `datasets` use
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 EXAM_TYPE = pa.struct(
@@ -88,7 +88,8 @@ COLUMNS: tuple[Column, ...] = (
         "lid_language", pa.string(), True, "language detected by language ID (registry code, or raw label)"
     ),
     Column("lid_score", pa.float32(), True, "language-ID confidence of `lid_language`"),
-    Column("family", pa.string(), True, "expert name of the language in the configured scheme"),
+    Column("family", pa.string(), True, "language family of `language` in the registry (lang_families.yaml)"),
+    Column("expert", pa.string(), True, "expert name of the language in the configured expert scheme"),
     Column("expert_id", pa.int32(), True, "expert index of the language in the configured scheme"),
     Column("tier", pa.string(), True, "major | minor"),
     Column("quality_score", pa.float32(), True, "combined heuristic + medical-domain score in [0, 1]"),
@@ -98,7 +99,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column("dup_cluster_size", pa.int32(), True, "size of that cluster (1 when unique)"),
     Column("n_tokens", pa.int32(), True, "Qwen2 tokenizer token count of `text`"),
-    Column("split", pa.string(), True, "train | valid (by a hash of the root parent id)"),
+    Column("split", pa.string(), True, "train | validation (by a hash of the root parent id)"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 REQUIRED = frozenset(c.name for c in COLUMNS if not c.nullable)
@@ -236,7 +237,7 @@ def derived_id(parent_id: str, kind: str, language: str) -> str:
 
 def derived_record(parent: dict, kind: str, language: str, origin: str, **values) -> dict:
     """A record made from `parent` (a translation, a rewrite): id derived from the parent's, provenance
-    carried over, and linked to the parent's group so it lands in the same train/valid split."""
+    carried over, and linked to the parent's group so it lands in the same train/validation split."""
     return empty_record(
         id=derived_id(parent["id"], kind, language),
         text="",

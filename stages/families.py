@@ -1,4 +1,5 @@
-"""Family tagging: `family` (expert name), `expert_id` and `tier` from the registry's expert scheme.
+"""Family tagging: `family` (the language's family in the registry), `expert` and `expert_id` (its
+expert in the configured scheme) and `tier`.
 
 A language with no expert in the configured scheme stops the stage before any work, naming the
 language and the scheme (`families.on_unassigned: error`, the default), or its records are
@@ -36,7 +37,7 @@ class UnassignedLanguageFilter(RecordFilter):
 
 
 class FamilyTagger(PipelineStep):
-    """Fills family, expert_id and tier; refuses (raises) a language the scheme does not assign."""
+    """Fills family, expert, expert_id and tier; refuses (raises) a language the scheme does not assign."""
 
     name = "🏷️ family tagger"
     type = "✂️ - FORMAT"
@@ -51,13 +52,15 @@ class FamilyTagger(PipelineStep):
         for doc in data:
             language = doc.metadata["language"]
             expert = self.scheme.expert_for(language)
-            doc.metadata["family"] = expert.name
+            entry = self.registry.get(language)
+            doc.metadata["family"] = entry.family
+            doc.metadata["expert"] = expert.name
             doc.metadata["expert_id"] = expert.id
-            doc.metadata["tier"] = self.registry.get(language).tier
+            doc.metadata["tier"] = entry.tier
             tagged[expert.name] += 1
             yield doc
-        for family, n in sorted(tagged.items()):
-            self.stat_update(f"family/{family}", value=n)
+        for expert, n in sorted(tagged.items()):
+            self.stat_update(f"expert/{expert}", value=n)
 
 
 def unassigned_languages(ctx: StageContext, scheme: Scheme) -> Counter:
@@ -86,12 +89,12 @@ def run(ctx: StageContext) -> dict:
         )
     steps = ctx.input_readers()
     if not steps:
-        return {"scheme": scheme.name, "docs_per_family": {}}
+        return {"scheme": scheme.name, "docs_per_expert": {}}
     if unassigned:
         steps.append(UnassignedLanguageFilter(ctx.quarantine_dir, ctx.name, scheme))
     steps += [FamilyTagger(ctx.registry, scheme), RecordWriter(ctx.output_dir)]
     ctx.run_pipeline(steps)
-    families = {
-        key.split("/", 1)[1]: int(value) for key, value in ctx.counters().items() if key.startswith("family/")
+    experts = {
+        key.split("/", 1)[1]: int(value) for key, value in ctx.counters().items() if key.startswith("expert/")
     }
-    return {"scheme": scheme.name, "docs_per_family": dict(sorted(families.items()))}
+    return {"scheme": scheme.name, "docs_per_expert": dict(sorted(experts.items()))}

@@ -1,4 +1,4 @@
-"""Sharded Parquet: token counts, the train/valid split, the final shard layout, manifest and card.
+"""Sharded Parquet: token counts, the train/validation split, the final shard layout, manifest and card.
 
   links     (main process) records joined by `parent_id` / `group_id` form translation families; each
             family gets one split key so that a translation always lands in its parent's split;
@@ -49,8 +49,8 @@ GROUP_INFO = "groups"
 
 
 def split_of(key: str, valid_fraction: float, seed: int) -> str:
-    """train | valid from a hash of the split key (a record's translation family)."""
-    return "valid" if xxhash.xxh64_intdigest(key, seed=seed) / 2**64 < valid_fraction else "train"
+    """train | validation from a hash of the split key (a record's translation family)."""
+    return "validation" if xxhash.xxh64_intdigest(key, seed=seed) / 2**64 < valid_fraction else "train"
 
 
 def own_key(record_id: str) -> str:
@@ -252,6 +252,7 @@ def merge_group(
         defaultdict(int),
         defaultdict(int),
     )
+    by_source: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # source -> license -> docs
     for index, start in enumerate(range(0, order.num_rows, max_rows)):
         chunk = order.slice(start, max_rows)
         pieces = []
@@ -282,14 +283,18 @@ def merge_group(
             by_source_type[source_type][1] += n_tokens or 0
         for origin in table["origin"].to_pylist():
             by_origin[origin] += 1
-        for license_name in table["license"].to_pylist():
+        for source, license_name in zip(
+            table["source"].to_pylist(), table["license"].to_pylist(), strict=True
+        ):
             by_license[license_name] += 1
+            by_source[source][license_name] += 1
     return {
         "group": list(group),
         "files": [f.__dict__ for f in files],
         "source_types": {k: {"docs": v[0], "tokens": v[1]} for k, v in sorted(by_source_type.items())},
         "origins": dict(sorted(by_origin.items())),
         "licenses": dict(sorted(by_license.items())),
+        "sources": {k: dict(sorted(v.items())) for k, v in sorted(by_source.items())},
     }
 
 

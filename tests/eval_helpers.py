@@ -77,6 +77,7 @@ def write_shards(shards_dir: Path, rows: list[dict]) -> Manifest:
         language = row["language"]
         row = {
             "family": registry.get(language).family,
+            "expert": scheme.expert_for(language).name,
             "expert_id": scheme.expert_for(language).id,
             "tier": registry.get(language).tier,
             **row,
@@ -108,13 +109,13 @@ def write_shards(shards_dir: Path, rows: list[dict]) -> Manifest:
 def tico_shards(
     shards_dir: Path, shared_data: Path, languages: list[str], valid: int = 4, train: int = 8
 ) -> Manifest:
-    """Valid and train shards of real health sentences; every other valid row is a chat turn."""
+    """Validation and train shards of real health sentences; every other valid row is a chat turn."""
     rows = []
     for language, sentences in tico_sentences(shared_data, languages, valid + train).items():
         for i, text in enumerate(sentences):
-            split = "valid" if i < valid else "train"
+            split = "validation" if i < valid else "train"
             extra = {}
-            if split == "valid" and i % 2:
+            if split == "validation" and i % 2:
                 extra["messages"] = [
                     {"role": "user", "content": "Translate."},
                     {"role": "assistant", "content": text},

@@ -28,11 +28,16 @@ def test_family7_tags_every_language(tmp_path, write_config):
     fake_upstream(tmp_path, "langid", _rows())
     summary = run_stage("families", cfg, tmp_path)
     rows = _output(tmp_path)
-    assert (rows["a"]["family"], rows["a"]["expert_id"], rows["a"]["tier"]) == ("indo_european", 4, "major")
+    assert (rows["a"]["family"], rows["a"]["expert"], rows["a"]["expert_id"], rows["a"]["tier"]) == (
+        "indo_european",
+        "indo_european",
+        4,
+        "major",
+    )
     assert (rows["b"]["family"], rows["b"]["expert_id"], rows["b"]["tier"]) == ("sino_tibetan", 0, "major")
     assert (rows["c"]["family"], rows["c"]["expert_id"], rows["c"]["tier"]) == ("kongolese", 6, "minor")
     assert summary["docs_in"] == summary["docs_out"] == 4
-    assert summary["docs_per_family"] == {"indo_european": 2, "kongolese": 1, "sino_tibetan": 1}
+    assert summary["docs_per_expert"] == {"indo_european": 2, "kongolese": 1, "sino_tibetan": 1}
 
 
 def test_major12_unassigned_language_is_an_error_naming_language_and_scheme(tmp_path, write_config):
@@ -51,8 +56,9 @@ def test_major12_unassigned_language_quarantined_when_configured(tmp_path, write
     summary = run_stage("families", cfg, tmp_path)
     rows = _output(tmp_path)
     assert set(rows) == {"a", "b", "d"}
-    assert (rows["a"]["family"], rows["a"]["expert_id"]) == ("en", 2)
-    assert (rows["d"]["family"], rows["d"]["expert_id"]) == ("fr", 4)
+    # `family` is the language's family whatever the scheme; `expert` is the scheme's expert name
+    assert (rows["a"]["family"], rows["a"]["expert"], rows["a"]["expert_id"]) == ("indo_european", "en", 2)
+    assert (rows["d"]["family"], rows["d"]["expert"], rows["d"]["expert_id"]) == ("indo_european", "fr", 4)
     assert summary["quarantined_by_reason"] == {"unassigned_language": 1}
     assert summary["per_language"]["sw"]["quarantined"] == {"unassigned_language": 1}
     quarantined = [r for p in list_parquet(tmp_path / "families" / "quarantine") for r in read_records(p)]

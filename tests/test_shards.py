@@ -33,7 +33,14 @@ def _registry():
 def _tagged(row: dict) -> dict:
     registry = _registry()
     expert = registry.scheme("family7").expert_for(row["language"])
-    return {**row, "family": expert.name, "expert_id": expert.id, "tier": registry.get(row["language"]).tier}
+    language = registry.get(row["language"])
+    return {
+        **row,
+        "family": language.family,
+        "expert": expert.name,
+        "expert_id": expert.id,
+        "tier": language.tier,
+    }
 
 
 def _corpus() -> list[dict]:
@@ -126,7 +133,7 @@ def test_layout_and_manifest(built):
     total_rows = total_tokens = 0
     for f in manifest.files:
         path = shards_dir / f.path
-        assert f.path == f"data/{f.split}/family={f.family}/language={f.language}/{path.name}"
+        assert f.path == f"data/{f.split}/{f.family}/{f.language}/{path.name}"
         assert f.sha256 == file_sha256(path) and f.bytes == path.stat().st_size
         table = pq.read_table(path)
         assert table.num_rows == f.rows <= 5
@@ -172,7 +179,7 @@ def test_translations_share_their_parents_split(built):
         assert len(family) == 1
     assert split["doc00-translated-fr-rewritten"] == split["doc00"]
     assert split["tmx-7-en"] == split["tmx-7-fr"]
-    assert set(split.values()) == {"train", "valid"}
+    assert set(split.values()) == {"train", "validation"}
 
 
 def test_split_keys_follow_links_and_are_deterministic(tmp_path):
@@ -186,8 +193,39 @@ def test_split_keys_follow_links_and_are_deterministic(tmp_path):
     assert "doc05" not in keys  # an original with no links keys on itself
     assert linked_split_keys([tmp_path / "a", tmp_path / "b"]) == keys
     fractions = [split_of(own_key(f"x{i}"), 0.1, seed=0) for i in range(2000)]
-    assert 0.07 < fractions.count("valid") / 2000 < 0.13
+    assert 0.07 < fractions.count("validation") / 2000 < 0.13
     assert split_of("id:abc", 0.1, 0) == split_of("id:abc", 0.1, 0)
+
+
+def test_dataset_card_round_trips_through_the_hub_types(built):
+    from huggingface_hub import DatasetCard
+
+    shards_dir, _, _ = built
+    path = shards_dir / "README.md"
+    card = DatasetCard.load(path)
+    header = card.data.to_dict()
+    # the test corpus's only licence, "CC0", is not an SPDX id: `other`, named, linked to the list
+    assert header["license"] == "other"
+    assert header["license_name"] == "medbabel-source-licenses"
+    assert header["license_link"] == "README.md#licenses"
+    assert "\n## Licenses\n" in card.text and "| test | CC0 | - |" in card.text
+    splits = {f["split"] for config in header["configs"] for f in config["data_files"]}
+    assert splits == {"train", "validation"}
+    assert DatasetCard(str(card)).data.to_dict() == header  # what it reads, it writes back the same
+    assert str(DatasetCard.load(path)) == str(card)
+
+
+def test_card_licence_is_the_sources_spdx_ids_when_they_all_have_one():
+    from pipeline.dataset_card import license_fields
+
+    assert license_fields(["CC-BY-4.0", "CC-BY-SA-4.0", "cc-by-4.0"]) == {
+        "license": ["cc-by-4.0", "cc-by-sa-4.0"]
+    }
+    assert license_fields(["CC-BY-4.0", "proprietary-hospital-notes"]) == {
+        "license": "other",
+        "license_name": "medbabel-source-licenses",
+        "license_link": "README.md#licenses",
+    }
 
 
 def test_dataset_card_loads_with_datasets(built, tmp_path):
@@ -204,7 +242,7 @@ def test_dataset_card_loads_with_datasets(built, tmp_path):
     assert sum(len(fr[s]) for s in fr) == n_fr and set(fr["train"]["language"]) == {"fr"}
     everything = datasets.load_dataset(
         "parquet",
-        data_files={s: str(shards_dir / f"data/{s}/*/*/*.parquet") for s in ("train", "valid")},
+        data_files={s: str(shards_dir / f"data/{s}/*/*/*.parquet") for s in ("train", "validation")},
         cache_dir=str(tmp_path / "cache"),
     )
     assert sum(len(everything[s]) for s in everything) == len(rows)
@@ -213,7 +251,7 @@ def test_dataset_card_loads_with_datasets(built, tmp_path):
     for name in ("tokens_per_language", "tokens_per_family", "tokens_per_source_type", "funnel"):
         assert f"(plots/{name}.png)" in card
         assert (shards_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| `fr` | French | indo_european | major |" in card
+    assert "| `fr` | French | indo_european | indo_european | major |" in card
 
 
 def test_funnel_reads_every_stage_summary(tmp_path, write_config):

@@ -29,6 +29,7 @@ def sentence(rng: random.Random, language: str, n_words: int) -> str:
 def make_rows(language: str, n: int, seed: int = 0, split: str = "train", qa_every: int = 3) -> list[dict]:
     registry = load_registry()
     expert = registry.scheme("family7").expert_for(language)
+    family = registry.get(language).family
     rng = random.Random(f"{seed}-{language}-{split}")
     rows = []
     for i in range(n):
@@ -39,7 +40,8 @@ def make_rows(language: str, n: int, seed: int = 0, split: str = "train", qa_eve
             source_type="exam" if i % qa_every == 0 else "book",
             origin="original",
             license="CC0",
-            family=expert.name,
+            family=family,
+            expert=expert.name,
             expert_id=expert.id,
             split=split,
         )
@@ -60,12 +62,12 @@ def write_shards(
     seed: int = 0,
     scheme: str = "family7",
 ) -> Path:
-    """Write train/valid shards for each language plus manifest.json; returns the shards dir."""
+    """Write train/validation shards for each language plus manifest.json; returns the shards dir."""
     registry = load_registry()
     files = []
     for language, n in rows_per_language.items():
-        family = registry.scheme(scheme).expert_for(language).name
-        for split, count in (("train", n), ("valid", valid_rows)):
+        family = registry.get(language).family
+        for split, count in (("train", n), ("validation", valid_rows)):
             if not count:
                 continue
             rows = make_rows(language, count, seed, split)
