@@ -23,7 +23,7 @@ help:
 	@printf '%s\n' \
 	  'medbabel targets (CONFIG=$(CONFIG) OUT=$(OUT)):' \
 	  '  help       this list (the default target)' \
-	  '  setup      create .venv and install medbabel with dev + ray extras (CPU torch)' \
+	  '  setup      create .venv: medbabel + dev, ray, bench extras at constraints.txt versions (CPU torch)' \
 	  '  all        run every stage on CONFIG, ending with a short training run' \
 	  '  collect    read every configured source into the record schema' \
 	  '  translate  translate into target languages (translation memory, then an LLM endpoint)' \
