@@ -30,10 +30,10 @@ help:
 	  '  rewrite    turn passages into QA pairs with an LLM (optional; enabled in the config)' \
 	  '  dedup      exact + MinHash near-duplicate removal, per language' \
 	  '  langid     fastText language ID and verification of declared languages' \
-	  '  families   tag family / expert id / tier from lang_families.yaml' \
+	  '  families   tag family, expert, expert id, tier from lang_families.yaml' \
 	  '  quality    heuristic + medical-domain quality score, PII scrubbing' \
 	  '  decontam   remove documents overlapping benchmark questions' \
-	  '  shards     token counts, train/valid split, sharded Parquet + dataset card' \
+	  '  shards     token counts, train/validation split, sharded Parquet + dataset card' \
 	  '  train      upcycle a dense Qwen2 into family experts and train (Post-MoE)' \
 	  '  eval       medical QA accuracy, perplexity, routing analysis' \
 	  '  report     one HTML page for the whole run' \

@@ -19,6 +19,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from loguru import logger
+
 from moe_train.inference import load_model, resolve_device, resolve_dtype
 from moe_train.mcq import MCQItem, Prediction, RejectedQuestion, aggregate, load_benchmark, markdown_tables
 from pipeline.config import Config
@@ -186,7 +188,9 @@ def run(ctx) -> dict:
     device = resolve_device(cfg.eval.device)
     model, tokenizer = load_model(model_dir, device, resolve_dtype(cfg.eval.dtype, device))
     summary: dict = {"model": str(model_dir), "device": str(device)}
+    logger.info(f"eval: {model_dir} on {device}: medical QA")
     summary.update(evaluate_questions(cfg, ctx.registry, model, tokenizer, ctx.stage_dir))
     if cfg.eval.perplexity or cfg.eval.routing:
+        logger.info("eval: validation perplexity and routing")
         summary.update(evaluate_validation(cfg, ctx.registry, model, tokenizer, ctx.out, ctx.stage_dir))
     return summary

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from loguru import logger
 from tqdm import tqdm
 from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss_func
 
@@ -816,6 +817,11 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     validation = self.runner.evaluate(self.validation, self.languages)
                     record.update(validation)
+                    logger.info(
+                        f"train step {self.step}/{cfg.max_steps}: loss {metrics['loss']:.3f}, "
+                        f"validation loss {validation.get('val_loss', float('nan')):.3f}, "
+                        f"{record['tokens_per_s']:.0f} tokens/s"
+                    )
                 if self.step % cfg.log_every == 0 or "val_loss" in record:
                     self._log(record)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -826,6 +832,8 @@ class Trainer:
             bar.close()
             self.feeder.close()
         export_dir = self.export() if self.step >= cfg.max_steps else None
+        if export_dir:
+            logger.info(f"exported the stock Qwen2-MoE checkpoint to {export_dir}")
         self._log({"event": "end", "step": self.step, "tokens_seen": self.tokens_seen})
         return TrainResult(
             steps=self.step,
@@ -890,6 +898,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     args = parser.parse_args(argv)
+    from pipeline import console
+
+    console.install()
+    console.progress_bars_off_unless_terminal()
     overrides = {"train.max_steps": args.max_steps} if args.max_steps else None
     cfg = load_config(args.config, overrides=overrides)
     out = Path(args.out)

@@ -14,16 +14,35 @@ EXIT_ERROR = 2
 EXIT_NOT_IMPLEMENTED = 3
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("medbabel")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed; run `make setup`)"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.stage import STAGES
+
     parser = argparse.ArgumentParser(prog="medbabel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medbabel {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default="configs/demo.yaml", help="run config (YAML)")
         p.add_argument("--out", default="out", help="output directory")
 
-    run = sub.add_parser("run", help="run one stage (resumes an interrupted attempt)")
-    run.add_argument("stage")
+    stage_lines = "\n".join(f"  {spec.name:<10} {spec.description}" for spec in STAGES)
+    run = sub.add_parser(
+        "run",
+        help="run one stage (resumes an interrupted attempt)",
+        description=f"Run one stage (resumes an interrupted attempt). Stages, in DAG order:\n{stage_lines}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("stage", metavar="STAGE", help=f"one of: {', '.join(spec.name for spec in STAGES)}")
     common(run)
     run.add_argument("--force", action="store_true", help="discard the stage's previous output and run again")
 
@@ -37,11 +56,32 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the stages in DAG order")
     sub.add_parser("schema-doc", help="print the record schema as Markdown (docs/schema.md)")
+    sub.add_parser(
+        "config-schema",
+        help=f"print the config's JSON Schema ({CONFIG_SCHEMA_FILE}; configs name it for editors to validate)",
+    )
     return parser
 
 
+CONFIG_SCHEMA_FILE = "configs/medbabel.schema.json"
+
+
+def config_json_schema() -> str:
+    """The run config's JSON Schema (configs/medbabel.schema.json is this text; a test keeps them equal)."""
+    import json
+
+    from pipeline.config import Config
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+    schema["title"] = "medbabel run config"
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.console import progress_bars_off_unless_terminal
+
     args = _parser().parse_args(argv)
+    progress_bars_off_unless_terminal()
     from pipeline.stage import STAGE_BY_NAME, STAGES, StageInputError, StageNotImplementedError
 
     try:
@@ -53,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.schema import schema_markdown
 
             print(schema_markdown(), end="")
+            return 0
+        if args.command == "config-schema":
+            print(config_json_schema(), end="")
             return 0
         cfg = load_config(args.config)
         if args.command == "check-config":

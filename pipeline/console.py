@@ -2,7 +2,11 @@
 
 datatrove logs every task at INFO to the console (pipeline listing, per-task stats). Those lines stay
 in each task's log file (`OUT/<stage>/logs/<pipeline>/logs/task_NNNNN.log`); the console shows
-warnings and errors only. Set MEDBABEL_VERBOSE=1 to get datatrove's console output back.
+datatrove's warnings and errors only. Set MEDBABEL_VERBOSE=1 to get datatrove's console output back.
+medbabel's own code (training, evaluation) logs through the same loguru logger, at INFO.
+
+Progress bars are for terminals: when stderr is not one (a log file, CI, `make ... 2> log`), they are
+switched off for this process and the ones it starts, so logs do not fill with carriage returns.
 """
 
 from __future__ import annotations
@@ -16,17 +20,36 @@ from loguru import logger
 CONSOLE_LEVEL = "INFO" if os.environ.get("MEDBABEL_VERBOSE") else "WARNING"
 
 
+OWN_MODULES = ("pipeline", "stages", "moe_train")
+
+
 def _for_console(record: dict) -> bool:
-    """Everything but datatrove's warning that a task has no file of a folder: expected whenever a
-    stage runs more tasks than a folder has files (the task logs keep it)."""
+    """medbabel's own records from INFO; datatrove's from CONSOLE_LEVEL, but not its warning that a task
+    has no file of a folder: expected whenever a stage runs more tasks than a folder has files (the task
+    logs keep it)."""
+    name = record["name"] or ""
+    if name.split(".")[0] in OWN_MODULES and name != __name__:  # this module relays datatrove's lines
+        return True
+    if record["level"].no < logger.level(CONSOLE_LEVEL).no:
+        return False
     return not record["message"].startswith("No files found on ")
+
+
+def progress_bars_off_unless_terminal() -> bool:
+    """Switch tqdm's (and the Hugging Face libraries') progress bars off when stderr is not a terminal,
+    for this process and its children; returns whether bars stay on."""
+    if sys.stderr.isatty():
+        return True
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return False
 
 
 def _console_logger() -> None:
     logger.remove()
     logger.add(
         sys.stderr,
-        level=CONSOLE_LEVEL,
+        level="INFO",
         colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS,
         filter=_for_console,
     )
@@ -38,9 +61,7 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
     prefix = f"[NODE {node_rank}] " if node_rank != -1 else ""
     fmt = f"{prefix}{{time:YYYY-MM-DD HH:mm:ss.SSS}} | {{level: <8}} | {{name}}:{{function}}:{{line}} - {{message}}"
-    logger.add(
-        sys.stderr, level=CONSOLE_LEVEL if local_rank == 0 else "ERROR", format=fmt, filter=_for_console
-    )
+    logger.add(sys.stderr, level="INFO" if local_rank == 0 else "ERROR", format=fmt, filter=_for_console)
     logger.add(logfile, level="DEBUG", format=fmt, colorize=False)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile

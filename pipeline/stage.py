@@ -80,7 +80,7 @@ STAGES: tuple[StageSpec, ...] = (
         "stages.families",
         ("langid",),
         ("families",),
-        "tag family / expert id / tier from the registry",
+        "tag family, expert and tier from the registry",
     ),
     StageSpec(
         "quality",
@@ -102,7 +102,7 @@ STAGES: tuple[StageSpec, ...] = (
         "stages.shards",
         ("decontam",),
         ("shards",),
-        "token counts, train/valid split, sharded Parquet + dataset card",
+        "token counts, train/validation split, sharded Parquet + dataset card",
     ),
     StageSpec(
         "train",
