@@ -82,6 +82,10 @@ $(eval $(call stage_rule,eval,train))
 $(eval $(call stage_rule,report,eval))
 
 all: report
+	@printf '%s\n' '' 'medbabel: every stage is done. Where to look:' \
+	  '  report    $(OUT)/report/index.html      (the whole run on one page)' \
+	  '  card      $(OUT)/shards/README.md       (dataset card; shards in $(OUT)/shards/data/)' \
+	  '  model     $(OUT)/train/export/          (stock Qwen2MoeForCausalLM: transformers, vLLM)'
 
 test: | $(PY)
 	$(PY) -m pytest -q
