@@ -129,7 +129,7 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
 def evaluate_validation(
     cfg: Config, registry: Registry, model, tokenizer, out: Path, stage_dir: Path
 ) -> dict:
-    """Validation loss per language/family and the routing analysis, from the valid shards."""
+    """Validation loss per language/family and the routing analysis, from the validation shards."""
     from moe_train.routing_analysis import write_divergence_plot, write_routing_plots
     from moe_train.valid_eval import evaluate_valid, read_valid_documents
 

@@ -148,7 +148,7 @@ class ReportBuilder:
             rows.append([language, files[0].family, train_docs, valid_docs, train_tokens, valid_tokens])
         section.tables.append(
             Table(
-                ["language", "family", "train docs", "valid docs", "train tokens", "valid tokens"],
+                ["language", "family", "train docs", "validation docs", "train tokens", "validation tokens"],
                 rows,
                 "Per language",
             )

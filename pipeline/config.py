@@ -522,7 +522,7 @@ class EvalSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on GPU, float32 on CPU"
     )
-    perplexity: bool = Field(True, description="validation loss per language/family on the valid shards")
+    perplexity: bool = Field(True, description="validation loss per language/family on the validation shards")
     valid_max_docs_per_language: int | None = Field(200, description="valid documents scored per language")
     valid_max_tokens: int = Field(1024, description="each valid document is truncated to this many tokens")
     routing: bool = Field(True, description="routing statistics and heatmaps of the MoE layers")
