@@ -95,11 +95,18 @@ def run_snippet(snippet: Snippet, cwd: Path) -> None:
         result = subprocess.run(
             [sys.executable, "-c", snippet.code], cwd=cwd, capture_output=True, text=True, timeout=600
         )
-    else:  # sql: the DuckDB statements, one by one
-        statements = [s for s in snippet.code.split(";") if s.strip().replace("--", "").strip()]
-        program = "import duckdb, sys\nfor statement in sys.argv[1:]:\n    duckdb.sql(statement).fetchall()\n"
+    else:  # sql: every DuckDB statement, as DuckDB's parser splits them
+        program = (
+            "import duckdb, sys\ncon = duckdb.connect()\n"
+            "statements = con.extract_statements(sys.argv[1])\nassert statements\n"
+            "for statement in statements:\n    con.execute(statement).fetchall()\n"
+        )
         result = subprocess.run(
-            [sys.executable, "-c", program, *statements], cwd=cwd, capture_output=True, text=True, timeout=600
+            [sys.executable, "-c", program, snippet.code],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     assert result.returncode == 0, f"{snippet} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
 
