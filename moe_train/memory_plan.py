@@ -203,7 +203,9 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         activations = tokens * sum(per_layer)
     parts["activations"] = activations + tokens * shape.shared_activation_bytes()
     chunk = min(setup.loss_chunk, tokens)
-    parts["loss (logit chunk, LM-head grad)"] = chunk * shape.vocab * 3 * FP32 + FP32 * shape.vocab * shape.hidden
+    parts["loss (logit chunk, LM-head grad)"] = (
+        chunk * shape.vocab * 3 * FP32 + FP32 * shape.vocab * shape.hidden
+    )
     parts["CUDA context, buffers, fragmentation"] = RUNTIME_OVERHEAD_BYTES
     return MemoryPlan(shape, setup, parts)
 
@@ -246,7 +248,9 @@ def format_plan(plan_: MemoryPlan, gpu_bytes: int) -> str:
     for name, value in plan_.parts.items():
         lines.append(f"  {name:<40} {value / GIB:9.2f} GiB")
     verdict = "fits" if plan_.fits(gpu_bytes) else "does NOT fit"
-    lines.append(f"  {'total per GPU':<40} {plan_.total / GIB:9.2f} GiB  ({verdict} in {gpu_bytes / GIB:.0f} GiB)")
+    lines.append(
+        f"  {'total per GPU':<40} {plan_.total / GIB:9.2f} GiB  ({verdict} in {gpu_bytes / GIB:.0f} GiB)"
+    )
     return "\n".join(lines)
 
 
@@ -267,9 +271,8 @@ def settings_table(shape: ModelShape, base: Setup, gpu_bytes: int) -> str:
 
 def shape_from_config(cfg) -> ModelShape:
     """The Post-MoE shape that a config's `train:` section describes (a preset or a local checkpoint)."""
-    from pipeline.registry import load_registry
-
     from moe_train.model import dense_config, is_preset, moe_config_from_dense
+    from pipeline.registry import load_registry
 
     train = cfg.train
     if is_preset(train.model):

@@ -28,10 +28,18 @@ def meta_parameter_count(config) -> int:
 
 @pytest.mark.parametrize(
     ("preset", "moe_layers", "shared_expert"),
-    [("tiny", 2, False), ("tiny", 4, True), ("qwen2-0.5b", 2, False), ("qwen2-7b", 2, False), ("qwen2-7b", 4, True)],
+    [
+        ("tiny", 2, False),
+        ("tiny", 4, True),
+        ("qwen2-0.5b", 2, False),
+        ("qwen2-7b", 2, False),
+        ("qwen2-7b", 4, True),
+    ],
 )
 def test_parameter_count_matches_the_model(preset: str, moe_layers: int, shared_expert: bool) -> None:
-    config = moe_config_from_dense(dense_config(preset), 7, moe_layers=moe_layers, shared_expert=shared_expert)
+    config = moe_config_from_dense(
+        dense_config(preset), 7, moe_layers=moe_layers, shared_expert=shared_expert
+    )
     assert ModelShape.from_config(config).total_params() == meta_parameter_count(config)
 
 
