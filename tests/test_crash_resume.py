@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import demo_runs
 import pyarrow.parquet as pq
 import yaml
 from conftest import record, write_records
+from helpers import demo_runs
 
 from pipeline.steps import list_parquet
 
@@ -47,7 +47,7 @@ def test_killed_stage_process_takes_its_workers_with_it(tmp_path):
     driver = subprocess.Popen(
         [
             sys.executable,
-            str(HERE / "crash_helpers.py"),
+            str(HERE / "helpers" / "crash_helpers.py"),
             str(config),
             str(src),
             str(tmp_path / "w"),

@@ -197,7 +197,7 @@ def test_no_benchmarks_passes_everything_with_a_warning(tmp_path, write_config):
 
 def test_sample_benchmark_copies_found_and_nothing_else(registry):
     """The embedded sample's planted copies of benchmark/medqa_sample.jsonl, and only those."""
-    from sample_texts import SAMPLE, planted, sample_texts
+    from helpers.sample_texts import SAMPLE, planted, sample_texts
 
     texts = read_benchmark("medqa_sample", SAMPLE / "benchmark" / "medqa_sample.jsonl", registry)
     index, _ = NgramIndex.build(texts, registry, IndexSettings(13, 50, 10, 20))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
+from helpers.eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
 
 from moe_train.inference import ModelLoadError
 from moe_train.mcq import Prediction, aggregate, load_benchmark

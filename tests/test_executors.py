@@ -21,10 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-import demo_runs
-import fake_slurm
 import pytest
 from conftest import record, write_records
+from helpers import demo_runs, fake_slurm
 
 from pipeline.config import load_config
 from pipeline.executors import PROJECT_ROOT, PipelineRun, TaskFailedError, run_pipelines

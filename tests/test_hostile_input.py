@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import run_stage_cli
-from hostile_corpus import build_cases, build_stops
+from helpers.hostile_corpus import build_cases, build_stops
 
 from pipeline.cli import main as cli_main
 from pipeline.steps import list_parquet

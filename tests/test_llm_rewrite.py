@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA, fake_upstream, record
-from llm_server import FakeLLM, LoopbackServer, tico_parallel
+from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
 from pipeline.llm.cache import normalize_segment
 from pipeline.schema import derived_id

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, SHARED_DATA, fake_upstream, record
-from llm_server import FakeLLM, LoopbackServer, tico_parallel
+from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
 from pipeline.langid import LanguageIdentifier
 from pipeline.llm.checks import OutputChecker

@@ -117,7 +117,7 @@ def test_chatter_in_the_source_is_not_chatter(checker):
 
 def test_checks_accept_real_tico_translations(checker, shared_data):
     """Human translations (TICO-19) of number-free sentences pass every check."""
-    from llm_server import tico_parallel
+    from helpers.llm_server import tico_parallel
 
     parallel = tico_parallel(shared_data / "tico19_health_sentences.jsonl.gz")
     rejected, total = [], 0

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from eval_helpers import evaluated_run
+from helpers.eval_helpers import evaluated_run
 
 from moe_train.report import build_report
 from pipeline.config import load_config

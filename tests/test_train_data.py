@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.data import (
     EOS_TOKEN,

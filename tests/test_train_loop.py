@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
 from moe_train.model import no_shared_expert_warning

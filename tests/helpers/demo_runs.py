@@ -24,7 +24,7 @@ import yaml
 from pipeline.stage import STAGES, StageNotImplementedError, load_stage_module
 from pipeline.steps import list_parquet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAST_CPU_STAGE = "shards"
 SKIP_IN_SNAPSHOT = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_IN_PROJECT = {".git", ".venv", "out", "configs", "__pycache__", ".pytest_cache", ".ruff_cache"}
