@@ -147,7 +147,7 @@ def stage_row(base_url: str, concurrency: int) -> dict:
     from llm_server import tico_parallel
 
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     sentences = (
         list(tico_parallel(TICO)) if TICO.exists() else [f"Patient {i} has a fever." for i in range(320)]

@@ -297,7 +297,7 @@ class LangIdSection(Section):
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="per-language minimum, on top of the shipped per-model defaults (pipeline/lid_verify.py)",
+        description="per-language minimum, on top of the shipped per-model defaults (pipeline/text/lid_verify.py)",
     )
     contradiction_threshold: float = unit_interval(
         0.8, "for languages the model lacks: a detection of another language this confident rejects"

@@ -18,7 +18,7 @@ import yaml
 from conftest import record, write_records
 from helpers import demo_runs
 
-from pipeline.steps import list_parquet
+from pipeline.record_io import list_parquet
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

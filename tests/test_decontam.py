@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.benchmark_ngrams import BenchmarkError, IndexSettings, NgramIndex, read_benchmark
-from pipeline.segment import segment
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
+from pipeline.text.ngram_index import BenchmarkError, IndexSettings, NgramIndex, read_benchmark
+from pipeline.text.segment import segment
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
 

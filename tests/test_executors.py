@@ -26,10 +26,10 @@ from conftest import record, write_records
 from helpers import demo_runs, fake_slurm
 
 from pipeline.config import load_config
+from pipeline.dag import run_stage
 from pipeline.executors import PROJECT_ROOT, PipelineRun, TaskFailedError, run_pipelines
 from pipeline.manifest import load_manifest
-from pipeline.stage import run_stage
-from pipeline.steps import RecordReader, RecordWriter, list_parquet, read_records
+from pipeline.record_io import RecordReader, RecordWriter, list_parquet, read_records
 
 LANGS = ["en", "fr", "de", "zh", "sw"]
 

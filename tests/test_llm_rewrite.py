@@ -7,9 +7,9 @@ import pytest
 from conftest import SHARED_DATA, fake_upstream, record
 from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
+from pipeline.dag import run_stage
 from pipeline.llm.cache import normalize_segment
 from pipeline.schema import derived_id
-from pipeline.stage import run_stage
 from stages.rewrite import passages as split_passages
 
 

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.langid import LanguageIdentifier
 from pipeline.llm.accounting import Accounting, summary_from_counters
 from pipeline.llm.cache import CacheKey, RequestCache, normalize_segment
 from pipeline.llm.checks import OutputChecker, numbers
@@ -22,6 +21,7 @@ from pipeline.llm.ratelimit import TokenBucket
 from pipeline.llm.redaction import install_log_redaction, redact, register_secret
 from pipeline.llm.segments import chunk_text, pack, sentence_pieces
 from pipeline.llm.translation import rerender
+from pipeline.text.fasttext_lid import LanguageIdentifier
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from pipeline.stage import STAGES
-from pipeline.steps import list_parquet
+from pipeline.dag import STAGES
+from pipeline.record_io import list_parquet
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 SAMPLE = ROOT / "data" / "sample"

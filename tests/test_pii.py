@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import regex
 
-from pipeline import pii
-from pipeline.pii import scrub
+from pipeline.text import pii
+from pipeline.text.pii import scrub
 
 REPLACED = [
     (

@@ -20,7 +20,7 @@ from moe_train.data import (
     manifest_languages,
 )
 from moe_train.loss import IGNORE_INDEX
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

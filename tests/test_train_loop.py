@@ -205,8 +205,8 @@ def test_two_processes_with_gloo_match_one_process(shards, tmp_path):
 
 
 def test_make_train_stage_trains_and_exports(shards, tmp_path):
-    """The `make train` path: OUT/shards from the shards stage -> OUT/train (via pipeline.stage.run_stage)."""
-    from pipeline.stage import run_stage
+    """The `make train` path: OUT/shards from the shards stage -> OUT/train (via pipeline.dag.run_stage)."""
+    from pipeline.dag import run_stage
 
     out = tmp_path / "out"
     (out / "shards").mkdir(parents=True)

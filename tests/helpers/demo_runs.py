@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.stage import STAGES, StageNotImplementedError, load_stage_module
-from pipeline.steps import list_parquet
+from pipeline.dag import STAGES, StageNotImplementedError, load_stage_module
+from pipeline.record_io import list_parquet
 
 ROOT = Path(__file__).resolve().parents[2]
 LAST_CPU_STAGE = "shards"
@@ -168,7 +168,7 @@ def run_all_in_process(config: Path, out: Path, stages: list[str]) -> None:
     """Like run_all, in this process (no interpreter start per stage); the tests that compare
     against it run their stages in fresh processes, so per-process variation still shows."""
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     cfg = load_config(config)
     for stage in stages:

@@ -1,6 +1,6 @@
 """MinHash signatures, LSH band keys and normalised-text hashes, vectorised with numpy.
 
-Tokens come from `pipeline.segment.segment` (words, or characters for unsegmented scripts). Each
+Tokens come from `pipeline.text.segment.segment` (words, or characters for unsegmented scripts). Each
 token is hashed once (xxh3); shingle hashes are rolled from token hashes with numpy over all
 shingles of a batch of documents, and the `bands * rows` permutations are one multiply-add over a
 (permutations x shingles) matrix, reduced per document with `np.minimum.reduceat`. No Python code

@@ -73,7 +73,7 @@ STAGES: tuple[StageSpec, ...] = (
         ("dedup",),
         ("langid",),
         "fastText language ID, verify declared languages",
-        data_files=("pipeline/quality_languages.yaml",),  # stop-word lists: the common-word check
+        data_files=("pipeline/text/quality_languages.yaml",),  # stop-word lists: the common-word check
     ),
     StageSpec(
         "families",
@@ -88,7 +88,7 @@ STAGES: tuple[StageSpec, ...] = (
         ("families",),
         ("quality",),
         "heuristic + medical-domain quality score, PII scrubbing",
-        data_files=("pipeline/quality_languages.yaml",),
+        data_files=("pipeline/text/quality_languages.yaml",),
     ),
     StageSpec(
         "decontam",
@@ -167,7 +167,7 @@ class StageContext:
 
     def input_readers(self, **kwargs) -> list:
         """One RecordReader per upstream output directory that holds records."""
-        from pipeline.steps import RecordReader, list_parquet
+        from pipeline.record_io import RecordReader, list_parquet
 
         return [RecordReader(d, **kwargs) for d in self.input_dirs() if list_parquet(d)]
 
