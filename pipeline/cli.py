@@ -11,7 +11,6 @@ from pipeline.executors import TaskFailedError
 from pipeline.registry import RegistryError, UnassignedLanguageError, UnknownLanguageError
 
 EXIT_ERROR = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.dag import STAGE_BY_NAME, STAGES, StageInputError, StageNotImplementedError
+    from pipeline.dag import STAGE_BY_NAME, STAGES, StageInputError
 
     try:
         if args.command == "stages":
@@ -62,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             registry = load_registry(cfg.registry_path())
             registry.scheme(cfg.registry.scheme)
             for spec in STAGES:
-                try:
-                    module = load_stage_module(spec)
-                except StageNotImplementedError:
-                    continue
+                module = load_stage_module(spec)
                 if hasattr(module, "validate"):
                     module.validate(cfg, registry)
             print(f"{args.config}: ok ({len(cfg.sources)} sources, {len(registry.languages)} languages)")
@@ -82,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
         run_stage(args.stage, cfg, _output_dir(args.out), force=args.force)
         return 0
-    except StageNotImplementedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
     except (
         ConfigError,
         RegistryError,

@@ -123,10 +123,6 @@ STAGES: tuple[StageSpec, ...] = (
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 
-class StageNotImplementedError(RuntimeError):
-    """The stage's module does not exist yet."""
-
-
 class StageInputError(RuntimeError):
     """An upstream stage has not completed."""
 
@@ -301,16 +297,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_stage_module(spec: StageSpec):
-    try:
-        return importlib.import_module(spec.module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (spec.module == exc.name or spec.module.startswith(exc.name + ".")):
-            path = spec.module.replace(".", "/") + ".py"
-            raise StageNotImplementedError(
-                f"stage '{spec.name}' is not implemented yet ({path} does not exist). "
-                f"The stages before it completed; `make all` stops here until it is built."
-            ) from None
-        raise
+    return importlib.import_module(spec.module)
 
 
 def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:

@@ -74,10 +74,6 @@ class Selection:
     def targets_for(self, language: str) -> list[str]:
         return [t for t in self.targets if t != language]
 
-    @property
-    def counts_tokens(self) -> bool:
-        return any(v is not None for v in self.tokens_budget.values())
-
 
 def count_items(input_dirs: list[Path], selection: Selection) -> int:
     """How many (record, target) items the stage will work on (token budgets not applied)."""

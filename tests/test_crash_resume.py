@@ -114,12 +114,7 @@ def _kill_after(command: list[str], cwd: Path, delay: float) -> bool:
 
 def _stages_with_work(reference: Path, stages: list[str]) -> list[str]:
     """The implemented stages that had records to process in the reference run."""
-    return [
-        s
-        for s in stages
-        if demo_runs.implemented(s)
-        and json.loads((reference / s / "summary.json").read_text())["docs_in"] > 0
-    ]
+    return [s for s in stages if json.loads((reference / s / "summary.json").read_text())["docs_in"] > 0]
 
 
 def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_output(tmp_path, tmp_path_factory):

@@ -113,10 +113,6 @@ class MinHasher:
             flat = np.insert(flat, full_before[short], np.array(values, dtype=np.uint64))
         return flat, counts
 
-    def signatures(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
-        """(documents x permutations) uint32 signatures of a batch of tokenised documents."""
-        return self.signatures_of_shingles(*self.shingles(token_lists))
-
     def signatures_of_shingles(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
         out = np.full((len(counts), self.num_perm), EMPTY_SIGNATURE_VALUE, dtype=SIGNATURE_DTYPE)
         docs = np.flatnonzero(counts)
