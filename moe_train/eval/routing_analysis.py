@@ -7,7 +7,7 @@ exactly what inference (and vLLM) does with the exported checkpoint.
 
 Command line (the demo runs it as a smoke test; on a GPU point it at real shards and a real model):
 
-    python -m moe_train.routing_analysis spread --config configs/demo.yaml --out out
+    python -m moe_train.eval.routing_analysis spread --config configs/demo.yaml --out out
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moe_train import plots
+from moe_train.eval import plots
 
 
 def routed_layers(model) -> list[int]:
@@ -285,9 +285,9 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
     and measure how the languages' expert distributions diverge layer by layer on the valid split."""
     import shutil
 
-    from moe_train.inference import load_model, resolve_device, resolve_dtype
+    from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+    from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
     from moe_train.train import trainer_from_config
-    from moe_train.valid_eval import evaluate_valid, read_valid_documents
     from pipeline.config import load_config
     from pipeline.registry import load_registry
 
@@ -375,7 +375,7 @@ def spread_training_config(cfg, steps: int, device_name: str):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m moe_train.routing_analysis", description=__doc__.split("\n\n")[0]
+        prog="python -m moe_train.eval.routing_analysis", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     spread_cmd = sub.add_parser(
