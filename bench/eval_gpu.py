@@ -24,7 +24,7 @@ from provenance import git_commit  # noqa: E402
 
 from moe_train.eval.mcq import load_benchmark  # noqa: E402
 from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
-from moe_train.model import (  # noqa: E402
+from moe_train.upcycle import (  # noqa: E402
     PRESETS,
     dense_config,
     moe_config_from_dense,
