@@ -271,7 +271,7 @@ def settings_table(shape: ModelShape, base: Setup, gpu_bytes: int) -> str:
 
 def shape_from_config(cfg) -> ModelShape:
     """The Post-MoE shape that a config's `train:` section describes (a preset or a local checkpoint)."""
-    from moe_train.model import dense_config, is_preset, moe_config_from_dense
+    from moe_train.upcycle import dense_config, is_preset, moe_config_from_dense
     from pipeline.registry import load_registry
 
     train = cfg.train

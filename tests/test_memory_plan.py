@@ -9,7 +9,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeForCausalLM
 
 from moe_train import memory_plan
 from moe_train.memory_plan import GIB, ModelShape, Setup, plan
-from moe_train.model import (
+from moe_train.upcycle import (
     dense_config,
     drop_empty_shared_experts,
     moe_config_from_dense,
