@@ -90,7 +90,7 @@ class ModelShape:
 
     def moe_layer_params(self) -> int:
         """Router, experts, and the shared expert with its gate when it has units (a zero-width one is
-        dropped for training, moe_train.model.drop_empty_shared_experts)."""
+        dropped for training, moe_train.upcycle.drop_empty_shared_experts)."""
         experts = self.experts * 3 * self.hidden * self.moe_intermediate
         shared = 3 * self.hidden * self.shared_intermediate + self.hidden if self.shared_intermediate else 0
         return self.attention_params() + self.experts * self.hidden + experts + shared
