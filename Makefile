@@ -23,7 +23,7 @@ help:
 	@printf '%s\n' \
 	  'medbabel targets (CONFIG=$(CONFIG) OUT=$(OUT)):' \
 	  '  help       this list (the default target)' \
-	  '  setup      create .venv: medbabel + dev, ray, bench extras at constraints.txt versions (CPU torch)' \
+	  '  setup      create .venv: medbabel + dev, ray, bench, kernels extras at constraints.txt versions (CPU torch)' \
 	  '  all        run every stage on CONFIG, ending with a short training run' \
 	  '  collect    read every configured source into the record schema' \
 	  '  translate  translate into target languages (translation memory, then an LLM endpoint)' \
@@ -42,11 +42,11 @@ help:
 	  '  lint       ruff' \
 	  '  clean      remove OUT'
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt (torch: the 2.13.0 CPU wheel, or a build you installed first).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,ray,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,bench,kernels]'
 	@touch $@
 
 setup: $(VENV)/.installed

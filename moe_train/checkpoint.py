@@ -154,7 +154,7 @@ def export_model(
     no zero-size tensor, and the config keys older readers need (see null_shared_expert, legacy_config_keys)."""
     from transformers import GenerationConfig
 
-    from moe_train.model import complete_state_dict, new_moe_model
+    from moe_train.upcycle import complete_state_dict, new_moe_model
 
     config = config.__class__.from_dict(config.to_dict())
     config.eos_token_id = eos_token_ids[0]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.cli import CONFIG_SCHEMA_FILE, config_json_schema, main
-from pipeline.stage import STAGES
+from pipeline.dag import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDBABEL = [sys.executable, "-m", "pipeline"]

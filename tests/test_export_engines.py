@@ -19,8 +19,8 @@ import logging
 
 import pytest
 import torch
+from helpers.train_shards import write_shards
 from safetensors import safe_open
-from train_shards import write_shards
 
 from moe_train.train import Trainer
 from pipeline.config import TrainSection

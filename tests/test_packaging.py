@@ -14,9 +14,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import demo_runs
 import pytest
 import tomllib
+from helpers import demo_runs
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

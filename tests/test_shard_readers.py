@@ -8,13 +8,13 @@ reader types the record schema: for the whole corpus, one split and one language
 
 from __future__ import annotations
 
-import demo_runs
 import duckdb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from helpers import demo_runs
 
 from pipeline.manifest import load_manifest
 from pipeline.schema import COLUMN_NAMES, RECORD_SCHEMA
