@@ -22,7 +22,7 @@ from pathlib import Path
 from moe_train.inference import load_model, resolve_device, resolve_dtype
 from moe_train.mcq import MCQItem, Prediction, RejectedQuestion, aggregate, load_benchmark, markdown_tables
 from pipeline.config import Config
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.registry import Registry
 
 
@@ -134,7 +134,7 @@ def evaluate_validation(
     shards_dir = Path(out) / "shards"
     if not (shards_dir / MANIFEST_NAME).is_file():
         return {"validation": f"skipped: no shard manifest at {shards_dir / MANIFEST_NAME}"}
-    scheme = registry.scheme(cfg.registry.scheme or registry.default_scheme)
+    scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(shards_dir).scheme, shards_dir)
     docs = read_valid_documents(
         shards_dir,
         tokenizer,

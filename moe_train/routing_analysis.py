@@ -289,12 +289,13 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
     from moe_train.train import trainer_from_config
     from moe_train.valid_eval import evaluate_valid, read_valid_documents
     from pipeline.config import load_config
+    from pipeline.manifest import load_manifest
     from pipeline.registry import load_registry
 
     cfg = load_config(config_path)
     registry = load_registry(cfg.registry_path())
-    scheme = registry.scheme(cfg.registry.scheme or registry.default_scheme)
     out_dir = Path(out)
+    scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(out_dir / "shards").scheme)
     dest_dir = Path(dest) if dest else out_dir / "spread"
     steps = cfg.eval.spread_steps if steps is None else steps
     cfg = spread_training_config(cfg, steps, device_name)

@@ -595,12 +595,7 @@ class Trainer:
         self.runtime = setup_runtime(cfg.device)
         manifest = load_manifest(self.shards_dir)
         registry = load_registry(registry_path)
-        scheme = registry.scheme(scheme_name or manifest.scheme)
-        if scheme.name != manifest.scheme:
-            raise ValueError(
-                f"{self.shards_dir}: shards were tagged with expert scheme '{manifest.scheme}' "
-                f"but training is configured for '{scheme.name}'"
-            )
+        scheme = registry.resolve_scheme(scheme_name, manifest.scheme, self.shards_dir)
         self.scheme = scheme
         self.languages = manifest_languages(self.shards_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"

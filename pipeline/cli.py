@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.registry import load_registry
 
             registry = load_registry(cfg.registry_path())
-            registry.scheme(cfg.registry.scheme)
+            registry.resolve_scheme(cfg.registry.scheme)
             for spec in STAGES:
                 module = load_stage_module(spec)
                 if hasattr(module, "validate"):

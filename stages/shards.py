@@ -305,7 +305,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run(ctx: StageContext) -> dict:
     s = ctx.cfg.shards
-    scheme = ctx.registry.scheme(ctx.cfg.registry.scheme)
+    scheme = ctx.registry.resolve_scheme(ctx.cfg.registry.scheme)
     keys_path = ctx.stage_dir / "split_keys.json"
     if not keys_path.exists():
         _write_json(keys_path, linked_split_keys(ctx.input_dirs()))
