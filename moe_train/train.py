@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss_func
 
 from moe_train import attention as attention_impl
 from moe_train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -60,6 +59,7 @@ from moe_train.flops import attention_pairs, peak_flops, training_flops
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
 from moe_train.model import build_model, drop_empty_shared_experts, moe_layer_indices, new_moe_model
 from moe_train.routing import RoutingState, install_hybrid_routing, router_supervision_loss, routing_stats
+from pipeline.compat import load_balancing_loss_func
 from pipeline.config import Config, TrainSection, load_config
 from pipeline.manifest import load_manifest
 from pipeline.registry import load_registry

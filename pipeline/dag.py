@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.compat import stat_totals, task_stats_files
 from pipeline.config import Config
 from pipeline.registry import Registry, load_registry
 
@@ -191,10 +192,9 @@ class StageContext:
 
 def merge_stats(logs_dir: Path) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
-    for stats_file in sorted(logs_dir.glob("*/stats/*.json")):
-        for step in json.loads(stats_file.read_text()):
-            for key, value in step.get("stats", {}).items():
-                totals[key] += value["total"] if isinstance(value, dict) else value
+    for stats_file in task_stats_files(logs_dir):
+        for key, value in stat_totals(json.loads(stats_file.read_text())):
+            totals[key] += value
     return dict(totals)
 
 

@@ -34,13 +34,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.utils.stats import PipelineStats
 
+from pipeline.compat import LocalExecutorWithHooks, completion_file
 from pipeline.config import Config, ExecutorSection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +93,7 @@ def _tasks_and_workers(ex: ExecutorSection, run: PipelineRun) -> tuple[int, int]
 
 def incomplete_ranks(logging_dir: Path, tasks: int) -> list[int]:
     """Ranks without a datatrove completion file (the same test datatrove uses to skip them)."""
-    done = logging_dir / "completions"
-    return [rank for rank in range(tasks) if not (done / f"{rank:05d}").is_file()]
+    return [rank for rank in range(tasks) if not completion_file(logging_dir, rank).is_file()]
 
 
 def _check_complete(logging_dir: Path, tasks: int, job: str, cause: BaseException | None = None) -> None:
@@ -118,7 +116,7 @@ def _ranks(ranks: list[int]) -> str:
 _ORPHANED_EXIT = 70
 
 
-class GuardedLocalExecutor(LocalPipelineExecutor):
+class GuardedLocalExecutor(LocalExecutorWithHooks):
     """datatrove's local executor whose worker processes die with the process that started them.
 
     Killing `python -m pipeline run` (kill -9, the OOM killer) would otherwise leave its pool
@@ -129,10 +127,9 @@ class GuardedLocalExecutor(LocalPipelineExecutor):
         super().__init__(*args, **kwargs)
         self.driver_pid = os.getpid()
 
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+    def before_rank(self) -> None:
         if os.getpid() != self.driver_pid:
             _exit_when_gone(self.driver_pid)
-        return super()._run_for_rank(rank, local_rank, node_rank)
 
     def run(self) -> PipelineStats | None:
         """With one worker, datatrove's own loop (ranks in order, a fresh copy of the pipeline for
@@ -141,21 +138,7 @@ class GuardedLocalExecutor(LocalPipelineExecutor):
         pipeline once the stage holds its models (0.3-1 s over a 10k-document bench chain)."""
         if self.workers != 1 or self.depends:
             return super().run()
-        self._launched = True
-        ranks = self.get_incomplete_ranks(
-            range(self.local_rank_offset, self.local_rank_offset + self.local_tasks)
-        )
-        if not ranks:
-            return None
-        self.save_executor_as_json()
-        pipeline, stats = self.pipeline, []
-        for rank in ranks:
-            self.pipeline = deepcopy(pipeline)
-            stats.append(self._run_for_rank(rank))
-        merged = sum(stats, start=PipelineStats())
-        with self.logging_dir.open("stats.json", "wt") as statsfile:
-            merged.save_to_disk(statsfile)
-        return merged
+        return self.run_in_process()
 
 
 _guarded: set[int] = set()
