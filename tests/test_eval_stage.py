@@ -21,10 +21,9 @@ SAMPLE_BENCHMARK = (
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     return evaluated_run(tmp_path_factory.getbasetemp(), SHARED_DATA)
 
 
