@@ -132,10 +132,9 @@ class GuardedLocalExecutor(LocalExecutorWithHooks):
             _exit_when_gone(self.driver_pid)
 
     def run(self) -> PipelineStats | None:
-        """With one worker, datatrove's own loop (ranks in order, a fresh copy of the pipeline for
-        each, merged stats in `stats.json`) without the multiprocess Manager it starts only to hand
-        that one worker its slot: a server process forked from this one, tens of milliseconds per
-        pipeline once the stage holds its models (0.3-1 s over a 10k-document bench chain)."""
+        """With one worker, the ranks run in this process (compat.LocalExecutorWithHooks.run_in_process):
+        datatrove would start a multiprocess Manager only to hand that one worker its slot, a server
+        process forked from this one, which costs most once the stage holds its models."""
         if self.workers != 1 or self.depends:
             return super().run()
         return self.run_in_process()

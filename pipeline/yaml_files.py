@@ -1,5 +1,5 @@
-"""YAML loading through libyaml when PyYAML was built with it (about 10x faster than the pure-Python
-loader; every stage reads the registry and the quality rules), with the same safe semantics."""
+"""YAML loading through libyaml when PyYAML was built with it (much faster than the pure-Python loader;
+every stage reads the registry and the quality rules), with the same safe semantics."""
 
 from __future__ import annotations
 
