@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from conftest import record, write_records
 from helpers import demo_runs
 
 from pipeline.record_io import list_parquet
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -13,6 +13,8 @@ from moe_train.mcq import Prediction, aggregate, load_benchmark
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLE_BENCHMARK = (
     Path(__file__).resolve().parent.parent / "data" / "sample" / "benchmark" / "medqa_sample.jsonl"

@@ -18,6 +18,8 @@ from helpers.hostile_corpus import build_cases, build_stops
 from pipeline.cli import main as cli_main
 from pipeline.record_io import list_parquet
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

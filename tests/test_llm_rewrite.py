@@ -12,6 +12,8 @@ from pipeline.llm.cache import normalize_segment
 from pipeline.schema import derived_id
 from stages.rewrite import passages as split_passages
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def passages():

@@ -28,6 +28,8 @@ from pipeline.llm.segments import sentence_pieces
 from pipeline.schema import derived_id
 from pipeline.text.fasttext_lid import LanguageIdentifier
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 KEY_ENV = "MEDBABEL_TEST_LLM_KEY"
 KEY = "sk-medbabel-test-9f8e7d6c5b4a"
 TARGETS = ["sw", "fr", "ru"]

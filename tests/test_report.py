@@ -19,6 +19,8 @@ from moe_train.report import build_report
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 RENDER_CHECK = """<script>

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import demo_runs
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
