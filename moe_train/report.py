@@ -21,6 +21,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 
 from moe_train import plots
+from pipeline import atomic
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.stage import STAGES
 
@@ -664,10 +665,7 @@ def build_report(
         .from_string(PAGE)
         .render(title=title, subtitle=subtitle, sections=sections)
     )
-    report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = report_dir / ".index.html.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(report_dir / "index.html")
+    atomic.write_text(report_dir / "index.html", html)
     return {
         "page": str(report_dir / "index.html"),
         "sections": {s.id: ("missing" if s.missing else "ok") for s in sections},

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_train import plots
+from pipeline import atomic
 
 
 def routed_layers(model) -> list[int]:
@@ -335,7 +335,7 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
         "plot": plot.name,
         "model": str(result.export_dir),
     }
-    (dest_dir / "spread.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_json(dest_dir / "spread.json", summary, indent=2, ensure_ascii=False)
     return summary
 
 

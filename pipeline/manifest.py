@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline import atomic
 from pipeline.schema import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -85,9 +85,7 @@ def file_sha256(path: Path) -> str:
 
 def write_manifest(shards_dir: Path, manifest: Manifest) -> Path:
     path = Path(shards_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
+    atomic.write_text(path, manifest.to_json())
     return path
 
 

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import atomic
 from pipeline.config import Config
 from pipeline.registry import Registry, load_registry
 
@@ -289,15 +290,9 @@ def write_fingerprint_files(cfg: Config, out: Path) -> list[str]:
         path = directory / spec.name
         value = fingerprint_inputs(cfg, spec, registry)
         if not path.exists() or path.read_text().strip() != value:
-            _atomic_write_text(path, value + "\n")
+            atomic.write_text(path, value + "\n")
             changed.append(spec.name)
     return changed
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load_stage_module(spec: StageSpec):
@@ -343,16 +338,16 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
         )  # config or inputs changed: previous partial work is stale
     marker.unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(started, fingerprint + "\n")
+    atomic.write_text(started, fingerprint + "\n")
 
     ctx = StageContext(spec, cfg, out, registry, fingerprint)
     t0 = time.time()
     result = module.run(ctx) or {}
     summary = {"stage": name, **summarize_counters(ctx.counters()), **ctx.summary, **result}
     summary["seconds"] = round(time.time() - t0, 2)
-    _atomic_write_text(stage_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_json(stage_dir / "summary.json", summary, indent=2, ensure_ascii=False)
     print(format_summary(summary))
-    _atomic_write_text(marker, fingerprint + "\n")
+    atomic.write_text(marker, fingerprint + "\n")
     return summary
 
 
