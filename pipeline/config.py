@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import yaml_files
 from pipeline.schema import SOURCE_TYPES
@@ -24,6 +24,10 @@ SourceFormat = Literal["jsonl", "parquet", "csv", "tsv", "tmx", "hf", "apollo"]
 def unit_interval(default: float, description: str | None = None) -> Any:
     """A config field holding a fraction or probability, in [0, 1]."""
     return Field(default, ge=0.0, le=1.0, description=description)
+
+
+MAX_TASKS = 10_000  # more tasks than this is a typo (1e26) or a run of mostly empty tasks
+MAX_WORKERS = 4_096
 
 
 class ConfigError(ValueError):
@@ -69,8 +73,20 @@ class RaySection(Section):
 
 class ExecutorSection(Section):
     kind: Literal["local", "ray", "slurm"] = "local"
-    tasks: int = Field(2, ge=1, description="how many tasks (input shards) each stage is split into")
-    workers: int = Field(-1, description="tasks running at once (-1: all); on Slurm the array's %limit")
+    tasks: int = Field(
+        2, ge=1, le=MAX_TASKS, description="how many tasks (input shards) each stage is split into"
+    )
+    workers: int = Field(
+        -1, ge=-1, le=MAX_WORKERS, description="tasks running at once (-1: all); on Slurm the array's %limit"
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 workers would run nothing; -1 runs every task at once")
+        return value
+
     slurm: SlurmSection = SlurmSection()
     ray: RaySection = RaySection()
 
@@ -218,8 +234,22 @@ class LLMSection(Section):
     )
     budget_usd: float | None = Field(None, gt=0, description="stop sending requests once this is spent")
     cache_path: str | None = Field(
-        None, description="request cache (SQLite); OUT/llm_cache.sqlite when unset"
+        None,
+        description="request cache (SQLite); OUT/llm_cache.sqlite when unset. A relative path lies inside "
+        "OUT; an absolute one (a cache shared between runs) is the only file written outside OUT",
     )
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_inside_out(cls, value: str | None) -> str | None:
+        if value is None or Path(value).expanduser().is_absolute():
+            return value
+        if ".." in Path(value).parts:
+            raise ValueError(
+                f"'{value}' climbs out of OUT; a relative cache path lies inside OUT, "
+                "give an absolute path for a cache shared between runs"
+            )
+        return value
 
     @model_validator(mode="after")
     def _budget_needs_price(self) -> LLMSection:

@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import shutil
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -295,6 +296,26 @@ def write_fingerprint_files(cfg: Config, out: Path) -> list[str]:
     return changed
 
 
+def warn_idle_tasks(spec: StageSpec, cfg: Config, out: Path) -> None:
+    """Say so when `executor.tasks` exceeds the stage's input files: the extra tasks read nothing."""
+    if spec.module.startswith("moe_train"):
+        return
+    if spec.inputs:
+        from pipeline.steps import list_parquet
+
+        files = sum(len(list_parquet(out / name / "output")) for name in spec.inputs)
+    else:
+        from pipeline.sources import expand_source_paths
+
+        files = sum(len(expand_source_paths(cfg, s, must_exist=False)) for s in cfg.sources)
+    if files and cfg.executor.tasks > files:
+        print(
+            f"[{spec.name}] warning: executor.tasks is {cfg.executor.tasks} but there are {files} input "
+            f"files; {cfg.executor.tasks - files} tasks will have nothing to read",
+            file=sys.stderr,
+        )
+
+
 def load_stage_module(spec: StageSpec):
     try:
         return importlib.import_module(spec.module)
@@ -321,6 +342,7 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
     module = load_stage_module(spec)
     if hasattr(module, "validate"):
         module.validate(cfg, registry)  # before anything is touched: a config typo must not wipe old output
+    warn_idle_tasks(spec, cfg, out)
     fingerprint = effective_fingerprint(cfg, spec, registry, out)
     stage_dir = out / name
     marker = marker_path(out, name)

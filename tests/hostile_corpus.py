@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 import zstandard
 
 BIG_LINE_BYTES = 50 * 1024 * 1024
@@ -46,6 +47,16 @@ class Stop:
     out_is_file: bool = False
     outcome: str = ""
     extra: dict = field(default_factory=dict)
+    yaml_text: str | None = None  # the config file verbatim, where a dict cannot say it (aliases, dup keys)
+
+
+def _alias_bomb(good_source: dict) -> str:
+    """Nine levels of ten aliases each: 10^9 strings once expanded, in a 1 KB file."""
+    lines = ["llm:", "  extra_body:", '    l0: &l0 ["lol"]']
+    for level in range(1, 10):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"    l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n" + yaml.safe_dump({"sources": [good_source]})
 
 
 def _source(name: str, path: Path, fmt: str = "jsonl", **kw) -> dict:
@@ -348,6 +359,40 @@ def build_stops(root: Path) -> list[Stop]:
             out_is_file=True,
             outcome="stop: OUT is a file",
             extra={"out": str(out_file)},
+        ),
+        Stop(
+            "YAML alias bomb in llm.extra_body",
+            {},
+            "anchors and aliases are not allowed",
+            outcome="stop: names the line, no expansion",
+            yaml_text=_alias_bomb(ok_source),
+        ),
+        Stop(
+            "duplicate top-level key",
+            {},
+            "duplicate key 'executor' (first given on line 1)",
+            outcome="stop: names the key and lines",
+            yaml_text="executor: {tasks: 2}\n"
+            + yaml.safe_dump({"sources": [ok_source]})
+            + "executor: {tasks: 3}\n",
+        ),
+        Stop(
+            "executor.tasks: 10^26",
+            {"sources": [ok_source], "executor": {"tasks": 10**26}},
+            "executor.tasks: Input should be less than or equal to 10000",
+            outcome="stop: bounded task count",
+        ),
+        Stop(
+            "executor.workers: 0",
+            {"sources": [ok_source], "executor": {"workers": 0}},
+            "executor.workers: Value error, 0 workers would run nothing",
+            outcome="stop: names the key",
+        ),
+        Stop(
+            "llm.cache_path climbing out of OUT",
+            {"sources": [ok_source], "llm": {"cache_path": "../x.sqlite"}},
+            "llm.cache_path: Value error, '../x.sqlite' climbs out of OUT",
+            outcome="stop: before anything is written",
         ),
         Stop(
             "unknown language code on a source",

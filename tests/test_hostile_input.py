@@ -95,7 +95,7 @@ def test_hostile_configs_stop_with_a_message(tmp_path, capsys):
     rows = []
     for stop in build_stops(tmp_path / "inputs"):
         config = tmp_path / f"{stop.kind.replace(' ', '_')}.yaml"
-        config.write_text(yaml.safe_dump(stop.config))
+        config.write_text(stop.yaml_text if stop.yaml_text is not None else yaml.safe_dump(stop.config))
         out = stop.extra.get("out", str(tmp_path / "out"))
         code = cli_main(["run", "collect", "--config", str(config), "--out", out])
         captured = capsys.readouterr()
