@@ -28,6 +28,7 @@ import xxhash
 from safetensors.torch import load_file, save_file
 
 from pipeline import atomic
+from pipeline.handoff import HandoffError
 
 LATEST = "latest"
 
@@ -39,7 +40,7 @@ def checkpoint_name(step: int) -> str:
 FILES = "files.json"
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(HandoffError):
     """A checkpoint directory whose files do not match what was recorded when it was written."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.executors import TaskFailedError
+from pipeline.handoff import HandoffError
 from pipeline.registry import RegistryError, UnassignedLanguageError, UnknownLanguageError
 from pipeline.run_lock import OutputLockedError, run_lock
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         TaskFailedError,
         OutputLockedError,
+        HandoffError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline import atomic
 from pipeline.config import Config
+from pipeline.handoff import record_outputs, verify_outputs
 from pipeline.registry import Registry, load_registry
 
 
@@ -358,6 +359,8 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
         shutil.rmtree(
             stage_dir, ignore_errors=True
         )  # config or inputs changed: previous partial work is stale
+    for upstream in spec.inputs:
+        verify_outputs(out, upstream)  # before anything is touched or read
     marker.unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(started, fingerprint + "\n")
@@ -369,6 +372,7 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
     summary["seconds"] = round(time.time() - t0, 2)
     atomic.write_json(stage_dir / "summary.json", summary, indent=2, ensure_ascii=False)
     print(format_summary(summary))
+    record_outputs(stage_dir)
     atomic.write_text(marker, fingerprint + "\n")
     return summary
 
