@@ -31,7 +31,7 @@ from moe_train.model import (  # noqa: E402
 )
 from moe_train.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
+from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 

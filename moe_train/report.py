@@ -22,8 +22,8 @@ from markupsafe import Markup
 
 from moe_train import plots
 from pipeline import atomic
+from pipeline.dag import STAGES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
-from pipeline.stage import STAGES
 
 _STANDARD_SUMMARY_KEYS = {
     "stage",

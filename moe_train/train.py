@@ -673,7 +673,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------------------
 
     def _load_tokenizer(self, model_spec):
-        from pipeline.tokenizer import load_tokenizer
+        from pipeline.text.tokenizer import load_tokenizer
 
         if self.cfg.tokenizer:
             return load_tokenizer(str(self.cfg.tokenizer))

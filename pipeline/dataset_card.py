@@ -24,7 +24,7 @@ SPLITS = ("train", "valid")
 
 def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path:
     """Write README.md and plots/*.png into the shards directory; returns the card's path."""
-    from pipeline.stage import STAGES, summarize_counters
+    from pipeline.dag import STAGES, summarize_counters
 
     shards_dir = ctx.stage_dir
     stats = _corpus_stats(manifest, group_infos)
@@ -106,7 +106,7 @@ def _funnel_row(summary: dict) -> dict:
 def _funnel(out: Path, stages: list[str]) -> list[dict]:
     """One row per stage that saw documents; stages that add documents (translate, rewrite: the extra
     inputs of a stage reading several) are marked `adds`."""
-    from pipeline.stage import STAGES
+    from pipeline.dag import STAGES
 
     adding = {name for spec in STAGES for name in spec.inputs[1:]}
     rows = []

@@ -34,7 +34,7 @@ def digest(path: Path) -> str:
 
 
 def _output_files(stage_dir: Path) -> dict[str, Path]:
-    from pipeline.steps import list_parquet
+    from pipeline.record_io import list_parquet
 
     output = stage_dir / "output"
     return {str(p.relative_to(output)): p for p in list_parquet(output)}

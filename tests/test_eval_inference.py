@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from eval_helpers import make_tiny_moe, tico_shards
+from helpers.eval_helpers import make_tiny_moe, tico_shards
 
 from moe_train.inference import load_model
 from moe_train.loss import IGNORE_INDEX

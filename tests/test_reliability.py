@@ -141,7 +141,7 @@ def test_an_altered_or_unlisted_upstream_file_is_refused(tmp_path):
 
 @pytest.fixture
 def shards(tmp_path) -> Path:
-    from train_shards import write_shards
+    from helpers.train_shards import write_shards
 
     return write_shards(tmp_path / "shards", {"en": 6, "fr": 6})
 
@@ -166,7 +166,7 @@ def test_training_refuses_manifest_paths_outside_the_shards_folder(shards, hosti
 def test_training_verifies_a_shard_before_reading_it(shards):
     from moe_train.data import DataSelection, DocumentStream, DocumentTokenizer
     from pipeline.manifest import ManifestError, load_manifest
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     victim = shards / load_manifest(shards).select("train")[0].path
     data = bytearray(victim.read_bytes())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.data import (
     EOS_TOKEN,
@@ -20,7 +20,7 @@ from moe_train.data import (
     manifest_languages,
 )
 from moe_train.loss import IGNORE_INDEX
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
