@@ -113,6 +113,24 @@ class CollectSection(Section):
     reject_snippet_chars: int = Field(
         300, ge=0, description="how much of a rejected input is kept in rejected/ (`raw` column)"
     )
+    max_record_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="a line, JSON item, CSV field or TMX unit larger than this many bytes is rejected as "
+        "too_large without being decoded (memory stays bounded whatever the input)",
+    )
+    max_decompressed_bytes: int = Field(
+        1 << 40,
+        ge=1,
+        description="a compressed file inflating past this many bytes stops there (decompression_limit); "
+        "the records before are kept",
+    )
+    max_compression_ratio: float = Field(
+        500.0,
+        ge=1,
+        description="a compressed file inflating more than this many times its compressed size (judged "
+        "after its first 8 MiB) stops there as a likely decompression bomb (decompression_limit)",
+    )
     apollo_source_types: dict[str, SourceType] = Field(
         default_factory=lambda: dict(APOLLO_SOURCE_TYPES),
         description="ApolloMoE source key prefix -> source_type (replaces the default mapping)",
