@@ -291,3 +291,55 @@ def test_stages_of_one_make_run_wait_for_each_other(tmp_path):
     holder.kill()
     holder.wait()
     assert sibling.wait(timeout=60) == 0
+
+
+_TRAIN_CLASSIFIER = """
+import resource, sys
+from pathlib import Path
+from pipeline.text import medical_classifier as mc
+limit = int(sys.argv[3])
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+settings = mc.TrainingSettings(max_docs=200, min_docs=5, epochs=5, seed=0)
+try:
+    mc.train([Path(sys.argv[1])], Path(sys.argv[2]), settings)
+except RuntimeError as exc:
+    print("failed:", str(exc).splitlines()[0])
+"""
+
+
+def test_a_classifier_model_cut_short_by_a_full_disk_never_appears(tmp_path):
+    """fastText does not report a failed write: on a full disk (here a file size limit) it leaves a
+    truncated model and says nothing. The model is read back before it is moved into place, so the
+    training fails, nothing stands under the model's name, and training again once there is room
+    gives the model of an uninterrupted run (a re-run after a disk-full stop gives the same output)."""
+    sample = tmp_path / "sample.jsonl"
+    rows = []
+    for i in range(300):
+        label = "medical" if i % 2 else "general"
+        text = "fever cough dose patient" if label == "medical" else "train coast river sunrise"
+        rows.append(json.dumps({"h": i, "fold": (i // 2) % 2, "label": label, "text": f"{text} {i}"}))
+    sample.write_text("\n".join(rows) + "\n")
+
+    def train(model_dir: Path, limit: int) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", _TRAIN_CLASSIFIER, str(sample), str(model_dir), str(limit)],
+            env=demo_runs.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    reference = tmp_path / "reference"
+    assert train(reference, 0) == ""
+    models = sorted(p.name for p in reference.glob("*.bin"))
+    assert models == ["medical-fold0.bin", "medical-fold1.bin"]
+
+    interrupted = tmp_path / "interrupted"
+    assert "failed: fastText training" in train(interrupted, 1 << 20)  # the models are ~17 MB
+    assert not list(interrupted.glob("*.bin"))  # no truncated model under a final name
+    assert train(interrupted, 0) == ""
+    for name in models:
+        assert (interrupted / name).read_bytes() == (reference / name).read_bytes()

@@ -228,3 +228,18 @@ def test_a_checkpoint_left_half_written_is_never_picked(tmp_path):
     assert latest_checkpoint(root) == first
     assert _save(root, 2).name == "step-000002"
     assert not (root / ".step-000002.tmp").exists()
+
+
+def test_a_truncated_exported_model_names_its_file_and_stage(tmp_path):
+    import torch
+    from helpers.eval_helpers import make_tiny_moe
+
+    from moe_train.inference import ModelLoadError, load_model
+
+    export = tmp_path / "train" / "export"
+    make_tiny_moe(export)
+    weights = next(export.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(export, torch.device("cpu"), torch.float32)
+    assert str(export) in str(caught.value) and "written by stage 'train'" in str(caught.value)

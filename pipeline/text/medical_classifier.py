@@ -112,8 +112,14 @@ _TRAIN_SCRIPT = """
 import json, sys
 import fasttext
 job = json.loads(sys.argv[1])
-fasttext.train_supervised(input=job["input"], **job["params"]).save_model(job["output"])
-fasttext.load_model(job["output"])  # fastText does not report a failed write (a full disk): read it back
+import numpy as np
+model = fasttext.train_supervised(input=job["input"], **job["params"])
+model.save_model(job["output"])
+# fastText reports neither a failed write (a full disk) nor a short read: read the model back
+saved = fasttext.load_model(job["output"])
+for name in ("get_input_matrix", "get_output_matrix"):
+    if not np.array_equal(getattr(model, name)(), getattr(saved, name)()):
+        sys.exit(f"{job['output']}: the saved model does not read back as trained (disk full?)")
 """
 
 
