@@ -234,7 +234,7 @@ def test_a_truncated_exported_model_names_its_file_and_stage(tmp_path):
     import torch
     from helpers.eval_helpers import make_tiny_moe
 
-    from moe_train.inference import ModelLoadError, load_model
+    from moe_train.eval.inference import ModelLoadError, load_model
 
     export = tmp_path / "train" / "export"
     make_tiny_moe(export)
