@@ -11,7 +11,9 @@ OUT ?= out
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 PYTHON_FOR_VENV ?= python3
-MEDBABEL = $(PY) -m pipeline
+# One token per `make` invocation: its stages share OUT's run lock (pipeline/run_lock.py), another run's fail.
+RUN_TOKEN := $(shell od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+MEDBABEL = MEDBABEL_RUN=$(RUN_TOKEN) $(PY) -m pipeline
 FP = $(OUT)/.fingerprints
 
 STAGES := collect translate rewrite dedup langid families quality decontam shards train eval report

@@ -13,7 +13,6 @@ real shards and a real model):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from moe_train.eval.routing_analysis import write_divergence_plot, write_routing
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.train import trainer_from_config
 from moe_train.upcycle import dense_config, is_moe_checkpoint, is_preset
+from pipeline import atomic
 from pipeline.config import load_config
 from pipeline.manifest import load_manifest
 from pipeline.registry import load_registry
@@ -77,7 +77,7 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
         "plot": plot.name,
         "model": str(result.export_dir),
     }
-    (dest_dir / "spread.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_json(dest_dir / "spread.json", summary, indent=2, ensure_ascii=False)
     return summary
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from datatrove.utils.stats import PipelineStats
 
+from pipeline import atomic
 from pipeline.compat import LocalExecutorWithHooks, completion_file
 from pipeline.config import Config, ExecutorSection
 
@@ -435,6 +436,4 @@ def _read_job_ids(logging_dir: Path) -> list[str]:
 
 def _write_job_ids(logging_dir: Path, ids: list[str]) -> None:
     logging_dir.mkdir(parents=True, exist_ok=True)
-    tmp = logging_dir / f".{SLURM_JOBS_FILE}.tmp"
-    tmp.write_text(json.dumps(ids) + "\n")
-    tmp.replace(logging_dir / SLURM_JOBS_FILE)
+    atomic.write_json(logging_dir / SLURM_JOBS_FILE, ids)
