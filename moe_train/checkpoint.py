@@ -9,6 +9,15 @@ A checkpoint is a directory `checkpoints/step-000100/` holding
     trainer.json          step, tokens seen, scheduler state, data position, metrics so far
     files.json            size and xxh3-128 digest of each file above
 
+or, sharded (`train.checkpoint_format`; the default with several processes), instead of the model,
+optimizer and RNG files:
+
+    dcp/                  model and AdamW state as torch.distributed.checkpoint shards: each rank writes
+                          its own part, and a load reshards them to whatever world size resumes
+    rng-<rank>.pt         each rank's RNG state
+
+so no rank ever holds the whole model and optimizer state (for the 7B Post-MoE that is ~160 GB).
+
 It is written as one directory by `pipeline.atomic.atomic_dir`, then `checkpoints/latest` (a one-line
 file) is replaced atomically, so a crash never leaves a half checkpoint that `--resume` would pick.
 A resume verifies the checkpoint against `files.json` first; a damaged latest checkpoint is reported
@@ -18,6 +27,7 @@ with its path and the newest earlier one that passes is used. Everything is load
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -38,6 +48,7 @@ def checkpoint_name(step: int) -> str:
 
 
 FILES = "files.json"
+SHARDS = "dcp"
 
 
 class CorruptCheckpointError(HandoffError):
@@ -72,18 +83,89 @@ def save_checkpoint(
         save_file(dedupe_tied(model_state), tmp / "model.safetensors")
         model_config.to_json_file(tmp / "config.json")
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, tmp / "rng.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
         files = {f.name: _describe(f) for f in sorted(tmp.iterdir())}
         (tmp / FILES).write_text(json.dumps(files, indent=1) + "\n")
+    _point_latest_and_prune(root, final, keep)
+    return final
+
+
+def save_sharded_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_config,
+    trainer_state: dict,
+    keep: int,
+    runtime,
+) -> Path | None:
+    """Every rank writes its shard of the model and optimizer state into one checkpoint directory, which
+    rank 0 completes (config, trainer state, file digests) and publishes atomically; collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = root / checkpoint_name(step)
+    publish = (
+        atomic.atomic_dir(final) if runtime.is_main else contextlib.nullcontext(atomic.temporary_name(final))
+    )
+    with publish as tmp:
+        runtime.barrier()  # rank 0 has made the directory
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save(
+            {"model": model_state, "optimizer": optimizer_state},
+            checkpoint_id=tmp / SHARDS,
+            no_dist=not runtime.sharded,
+        )
+        torch.save(_rng_state(), tmp / f"rng-{runtime.rank}.pt")
+        runtime.barrier()  # every shard is written
+        if runtime.is_main:
+            model_config.to_json_file(tmp / "config.json")
+            (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
+            files = {str(f.relative_to(tmp)): _describe(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / FILES).write_text(json.dumps(files, indent=1) + "\n")
+    if runtime.is_main:
+        _point_latest_and_prune(root, final, keep)
+    runtime.barrier()
+    return final if runtime.is_main else None
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDS).is_dir()
+
+
+def load_sharded_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int
+) -> dict:
+    """Load a sharded checkpoint into `model` and `optimizer` as they are sharded now (any world size);
+    returns its rng (this rank's, else rank 0's) and trainer entries."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=path / SHARDS, no_dist=not torch.distributed.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rng = path / f"rng-{rank}.pt"
+    return {
+        "rng": torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True),
+        "trainer": json.loads((path / "trainer.json").read_text()),
+    }
+
+
+def _rng_state() -> dict:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _point_latest_and_prune(root: Path, final: Path, keep: int) -> None:
     atomic.write_text(root / LATEST, final.name + "\n")
     checkpoints = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in checkpoints[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _describe(path: Path) -> dict:
