@@ -26,6 +26,7 @@ def test_the_llm_cache_lies_inside_out_unless_given_an_absolute_path(tmp_path):
     assert cache_path(LLMSection(cache_path=str(shared)), out) == shared
 
 
+@pytest.mark.slow  # runs a stage, a subprocess or a model
 def test_more_tasks_than_input_files_is_warned_about(tmp_path):
     source = tmp_path / "a.jsonl"
     source.write_text('{"text": "Fever and cough."}\n')
@@ -91,6 +92,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # runs a stage, a subprocess or a model
 def test_a_truncated_upstream_file_stops_the_next_stage_naming_file_and_stage(tmp_path):
     """A Parquet file of a completed stage cut short afterwards (a disk fault, a bad copy): the next
     stage refuses it before reading, naming the file, the stage that wrote it and how to redo it."""
@@ -155,14 +157,16 @@ def _rewrite_manifest(shards: Path, edit) -> None:
 
 @pytest.mark.parametrize("hostile", ["../../../etc/passwd", "/etc/passwd"])
 def test_training_refuses_manifest_paths_outside_the_shards_folder(shards, hostile):
-    from moe_train.data import DataSelection
-    from pipeline.manifest import ManifestError
+    """The manifest loader (training's `DataSelection.files()`, eval, the report) refuses the whole
+    manifest before any file is opened."""
+    from pipeline.manifest import ManifestError, load_manifest
 
     _rewrite_manifest(shards, lambda d: d["files"][0].update(path=hostile))
     with pytest.raises(ManifestError, match="outside the shards directory; refused"):
-        DataSelection(shards).files()
+        load_manifest(shards)
 
 
+@pytest.mark.slow  # runs a stage, a subprocess or a model
 def test_training_verifies_a_shard_before_reading_it(shards):
     from moe_train.data import DataSelection, DocumentStream, DocumentTokenizer
     from pipeline.manifest import ManifestError, load_manifest
@@ -191,12 +195,15 @@ def test_a_corrupt_manifest_names_itself_and_the_stage(shards):
 
 def _save(root: Path, step: int):
     import torch
-    from transformers import Qwen2Config
 
     from moe_train.checkpoint import save_checkpoint
 
+    class ModelConfig:  # what a checkpoint needs of a transformers config
+        def to_json_file(self, path):
+            Path(path).write_text('{"model_type": "qwen2_moe"}\n')
+
     state = {"w": torch.full((64,), float(step))}
-    return save_checkpoint(root, step, state, Qwen2Config(), {"step": step}, {"step": step}, keep=3)
+    return save_checkpoint(root, step, state, ModelConfig(), {"step": step}, {"step": step}, keep=3)
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path, capsys):
@@ -230,6 +237,7 @@ def test_a_checkpoint_left_half_written_is_never_picked(tmp_path):
     assert not (root / ".step-000002.tmp").exists()
 
 
+@pytest.mark.slow  # runs a stage, a subprocess or a model
 def test_a_truncated_exported_model_names_its_file_and_stage(tmp_path):
     import torch
     from helpers.eval_helpers import make_tiny_moe
