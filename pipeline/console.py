@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-from datatrove.utils import logging as datatrove_logging
 from loguru import logger
+
+from pipeline import compat
 
 CONSOLE_LEVEL = "INFO" if os.environ.get("MEDBABEL_VERBOSE") else "WARNING"
 
@@ -37,11 +38,23 @@ def _for_console(record: dict) -> bool:
 
 def progress_bars_off_unless_terminal() -> bool:
     """Switch tqdm's (and the Hugging Face libraries') progress bars off when stderr is not a terminal,
-    for this process and its children; returns whether bars stay on."""
+    in this process (tqdm may be imported already: its bars are told `disable=True`) and in the ones it
+    starts (through the environment); returns whether bars stay on."""
     if sys.stderr.isatty():
         return True
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from tqdm import std
+
+    if not getattr(std.tqdm.__init__, "medbabel_quiet", False):
+        shown = std.tqdm.__init__
+
+        def quiet(self, *args, **kwargs):
+            kwargs["disable"] = True
+            shown(self, *args, **kwargs)
+
+        quiet.medbabel_quiet = True
+        std.tqdm.__init__ = quiet
     return False
 
 
@@ -50,7 +63,7 @@ def _console_logger() -> None:
     logger.add(
         sys.stderr,
         level="INFO",
-        colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS,
+        colorize=compat.datatrove_colorize_logs(),
         filter=_for_console,
     )
 
@@ -70,8 +83,5 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
 def install() -> None:
     """Route datatrove's logging as above, in this process (called on import of pipeline.record_io,
     which every stage pipeline unpickles, so worker processes get it too)."""
-    import datatrove.executor.base as executor_base
-
-    datatrove_logging.setup_default_logger = _console_logger
-    executor_base.add_task_logger = _task_logger
+    compat.route_datatrove_logging(_console_logger, _task_logger)
     _console_logger()

@@ -10,12 +10,12 @@ curation funnel (what every stage removed and why, from each `OUT/<stage>/summar
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from pipeline import atomic
 from pipeline.funnel import FunnelRow, stage_funnel, stages_before
 from pipeline.manifest import Manifest
 from pipeline.schema import COLUMNS, SCHEMA_VERSION, SPLITS
@@ -53,9 +53,7 @@ def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path
         f"---\n{card_data(ctx, manifest, stats).to_yaml()}\n---\n\n{_body(ctx, manifest, stats, funnel, plots)}"
     )
     path = shards_dir / CARD_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(card), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, str(card))
     return path
 
 
@@ -164,9 +162,8 @@ def _draw_plots(directory: Path, stats: dict, funnel: list[FunnelRow]) -> dict[s
 
     def save(fig, name: str) -> None:
         path = directory / f"{name}.png"
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
         made[name] = f"{PLOTS_DIR}/{name}.png"
 
     numbers = FuncFormatter(lambda value, _: human(value))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline import atomic
 from pipeline.dag import StageContext
 from pipeline.record_io import (
     ProjectedRecordReader,
@@ -84,12 +84,10 @@ class MedicalSampler(PipelineStep):
                 self.stat_update(f"sampled/{label}")
         self.sample_dir.mkdir(parents=True, exist_ok=True)
         path = self.sample_dir / f"{rank:05d}.jsonl"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic.atomic_open(path) as fh:
             for (fold, label), heap in sorted(heaps.items()):
                 for neg_h, text in sorted(heap, reverse=True):
                     fh.write(json.dumps({"h": -neg_h, "fold": fold, "label": label, "text": text}) + "\n")
-        os.replace(tmp, path)
         return
         yield  # a generator that yields nothing: the pass ends here
 

@@ -55,7 +55,10 @@ def test_config_schema_is_committed_and_validates_every_config(capsys):
     assert errors and "sead" in errors[0].message
 
 
-BAR = "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass\n"
+BAR = (
+    "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass\n"
+    "from tqdm.auto import tqdm as auto_tqdm\nfor _ in auto_tqdm(range(3), desc='auto', disable=False):\n    pass\n"
+)
 
 
 @pytest.mark.parametrize("terminal", [False, True])
@@ -63,6 +66,7 @@ def test_progress_bars_only_on_a_terminal(terminal):
     """The console helper turns tqdm off when stderr is a pipe (as in CI or `2> log`)."""
     script = (
         "import sys\n"
+        "import tqdm.auto\n"  # imported before the switch, as the stages' libraries do
         f"sys.stderr.isatty = lambda: {terminal}\n"
         "from pipeline.console import progress_bars_off_unless_terminal\n"
         "progress_bars_off_unless_terminal()\n" + BAR
