@@ -334,7 +334,7 @@ class Trainer:
                     validation = validation_metrics(self.model, self.validation, self.languages, rt)
                     record.update(validation)
                     logger.info(
-                        f"train step {self.step}/{cfg.max_steps}: loss {metrics['loss']:.3f}, "
+                        f"train step {self.step}/{cfg.max_steps}: loss {metrics.loss:.3f}, "
                         f"validation loss {validation.get('val_loss', float('nan')):.3f}, "
                         f"{record['tokens_per_s']:.0f} tokens/s"
                     )
