@@ -78,6 +78,7 @@ def test_progress_bars_only_on_a_terminal(terminal):
     assert (b"\r" in result.stderr) is terminal
 
 
+@pytest.mark.slow  # imports the training stack in a fresh interpreter
 def test_own_records_reach_the_console_through_the_pipeline_logger():
     """Training and evaluation log with loguru like the stages: their INFO lines reach the console,
     datatrove's INFO lines stay in the task logs."""

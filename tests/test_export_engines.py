@@ -25,6 +25,8 @@ from safetensors import safe_open
 from moe_train.train import Trainer
 from pipeline.config import TrainSection
 
+pytestmark = pytest.mark.slow  # trains and exports a model
+
 SMALL = dict(
     seq_len=32,
     micro_batch_size=1,
