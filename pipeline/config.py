@@ -287,6 +287,12 @@ class DedupSection(Section):
         "the signatures' estimate, or not at all (stock datatrove)",
     )
     verify_threshold: float = unit_interval(0.7, "minimum (exact or estimated) Jaccard of a confirmed pair")
+    reference: str | None = Field(
+        None,
+        description="directory of an earlier medbabel corpus's shards: new documents that duplicate one "
+        "of its documents (exactly, or near at verify_threshold by the signatures' estimate) are removed; "
+        "its per-language MinHash index is built once next to the shards and reused",
+    )
 
 
 class LangIdSection(Section):
