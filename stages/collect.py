@@ -2,7 +2,7 @@
 
 Every source is checked before any reading starts (its files exist, its language and fields make
 sense); a problem stops the stage with a ConfigError naming the source. Then one reader per source
-(pipeline/readers.py) streams its files through the configured datatrove executor into
+(pipeline/readers/) streams its files through the configured datatrove executor into
 `OUT/collect/output/`; input that cannot become a record lands in `OUT/collect/rejected/` with
 file, line and reason. docs/collect.md describes formats, options and rejects.
 """
