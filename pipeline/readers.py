@@ -355,6 +355,7 @@ class RecordBuilder:
             messages=messages,
             exam=exam,
             url=url if isinstance(url, str) and url else None,
+            **provenance(given_id, file_key, index),
         )
 
     def finish(
@@ -386,6 +387,15 @@ class RecordBuilder:
         )
         row.update(columns)
         return record_to_document(row)
+
+
+def provenance(given_id: object, file_key: str, position: int) -> dict:
+    """The provenance columns of a record read from item `position` of `file_key`."""
+    return {
+        "source_id": None if given_id in (None, "") else str(given_id),
+        "source_file": file_key,
+        "source_position": position,
+    }
 
 
 def _visible(text: str) -> bool:
@@ -788,9 +798,9 @@ class TmxSourceReader(SourceReader):
         for offset, (line, attrs, segments) in enumerate(parser.units):
             index = first_index + offset + 1
             srclang = attrs.get("srclang") or parser.header_srclang
-            yield from self._unit_records(file_key, index, line, srclang, segments)
+            yield from self._unit_records(file_key, index, line, srclang, segments, attrs.get("tuid"))
 
-    def _unit_records(self, file_key, index, line, srclang, segments):
+    def _unit_records(self, file_key, index, line, srclang, segments, tuid):
         group_id = stable_id(self.source.name, file_key, "tu", str(index))
         languages: list[str | Reject] = [
             self.builder.language(raw) if raw else Reject("missing_field", "<tuv> without xml:lang")
@@ -824,6 +834,7 @@ class TmxSourceReader(SourceReader):
                 group_id=group_id,
                 origin="original" if is_source or source_language is None else "translation_memory",
                 parent_id=None if is_source else parent,
+                **provenance(tuid, file_key, index),
             )
             yield result, line, seg
 
@@ -884,7 +895,14 @@ class ApolloSourceReader(_JsonItems, SourceReader):
             if given_id not in (None, "")
             else stable_id(self.source.name, file_key, str(index))
         )
-        return self.builder.finish(record_id, text, language, source_type=source_type, messages=messages)
+        return self.builder.finish(
+            record_id,
+            text,
+            language,
+            source_type=source_type,
+            messages=messages,
+            **provenance(given_id, file_key, index),
+        )
 
 
 # ---- Hugging Face datasets ------------------------------------------------------------------------
