@@ -203,6 +203,41 @@ def test_tmx_units_become_rows_per_language_sharing_a_group(tmp_path):
     assert [(r["reason"], r["line"]) for r in rejects] == [("unknown_language", 8)]
 
 
+def test_every_record_traces_back_to_its_file_and_position(tmp_path):
+    """Provenance columns: the source's own id, the file relative to the source root, and the line
+    (JSON Lines, CSV), item (JSON array), row (Parquet) or translation unit (TMX)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_bytes(
+        jsonl_bytes([{"text": EN, "lang": "en", "id": "x7"}, {"text": FR, "lang": "fr"}])
+    )
+    (tmp_path / "arr.json").write_text(
+        json.dumps([{"text": EN, "lang": "en"}, {"text": FR, "lang": "fr"}], indent=2)
+    )
+    (tmp_path / "g.csv").write_text(f'lang,text\nen,"{EN}\nsecond line"\nfr,{FR}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": [EN, FR], "lang": ["en", "fr"]}), tmp_path / "p.parquet")
+    (tmp_path / "tm.tmx").write_text(TMX + "</body></tmx>\n", encoding="utf-8")
+    _, records, _ = run_collect(
+        tmp_path,
+        [
+            source("jl", "data", id_field="id"),
+            source("arr", "arr.json"),
+            source("csv", "g.csv", "csv"),
+            source("pq", "p.parquet", "parquet"),
+            source("tm", "tm.tmx", "tmx", source_type="book"),
+        ],
+    )
+    found = {
+        (r["source"], r["language"]): (r["source_id"], r["source_file"], r["source_position"])
+        for r in records
+    }
+    assert found[("jl", "en")] == ("x7", "a.jsonl", 1) and found[("jl", "fr")] == (None, "a.jsonl", 2)
+    assert found[("arr", "fr")] == (None, "arr.json", 2)  # the second item of the array
+    assert found[("csv", "en")] == (None, "g.csv", 2) and found[("csv", "fr")] == (None, "g.csv", 4)
+    assert found[("pq", "fr")] == (None, "p.parquet", 2)
+    assert found[("tm", "fr")] == ("a", "tm.tmx", 1) and found[("tm", "de")] == ("b", "tm.tmx", 2)
+
+
 def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     (tmp_path / "tm.tmx").write_text(TMX + "<tu><tuv xml:lang='en'><seg>cut", encoding="utf-8")
     _, records, rejects = run_collect(tmp_path, [source("tm", "tm.tmx", "tmx", source_type="book")])
