@@ -18,7 +18,25 @@ from pipeline import yaml_files
 from pipeline.schema import SOURCE_TYPES
 
 SourceType = Literal[SOURCE_TYPES]  # type: ignore[valid-type]
-SourceFormat = Literal["jsonl", "parquet", "csv", "tsv", "tmx", "hf", "apollo"]
+SourceFormat = Literal[
+    "jsonl",
+    "parquet",
+    "csv",
+    "tsv",
+    "tmx",
+    "hf",
+    "apollo",
+    "warc",
+    "html",
+    "pdf",
+    "jats",
+    "medline",
+    "mediawiki",
+    "docx",
+]
+# Formats holding whole documents (web pages, PDFs, articles, wiki pages): their text is extracted,
+# their language comes from `language` or `language_detect`, never from a field.
+DOCUMENT_FORMATS = ("warc", "html", "pdf", "jats", "medline", "mediawiki", "docx")
 
 
 def unit_interval(default: float, description: str | None = None) -> Any:
@@ -115,13 +133,48 @@ class SourceSection(Section):
     csv_delimiter: str | None = Field(
         None, description="csv/tsv field separator; ',' for csv and tab for tsv"
     )
+    language_detect: Literal["declared", "lid"] | None = Field(
+        None,
+        description="document formats without a fixed `language`: `declared` takes the document's own "
+        "language (<html lang>, Content-Language, xml:lang, JATS/MEDLINE language) and falls back to "
+        "language ID; `lid` always uses language ID (lid.176)",
+    )
+    extractor: Literal["trafilatura", "resiliparse"] = Field(
+        "trafilatura", description="html/warc main-text extractor (bench/bench_extract.py compares them)"
+    )
+    tables: bool = Field(
+        False, description="jats/medline/html: keep tables as tab-separated text (default: dropped)"
+    )
+    wiki_categories: list[str] = Field(
+        default_factory=list,
+        description="mediawiki: keep only pages in one of these categories (names without 'Category:')",
+    )
+    wiki_title_pattern: str | None = Field(
+        None, description="mediawiki: keep only pages whose title matches this regular expression"
+    )
+    wiki_namespaces: list[int] = Field(
+        default_factory=lambda: [0], description="mediawiki: page namespaces to read (0: articles)"
+    )
     hf_split: str = "train"
     hf_config: str | None = Field(None, description="dataset configuration name for load_dataset")
     priority: int = Field(0, description="higher wins when choosing which near-duplicate to keep")
 
     @model_validator(mode="after")
     def _language_given(self) -> SourceSection:
-        if self.format not in ("tmx", "apollo") and (self.language is None) == (self.language_field is None):
+        if self.format in DOCUMENT_FORMATS:
+            if self.language_field is not None:
+                raise ValueError(
+                    f"'{self.format}' documents have no fields: use 'language' or 'language_detect'"
+                )
+            if (self.language is None) == (self.language_detect is None):
+                raise ValueError("give exactly one of 'language' or 'language_detect'")
+        elif self.language_detect is not None:
+            raise ValueError(
+                f"'language_detect' applies to the document formats {', '.join(DOCUMENT_FORMATS)}"
+            )
+        elif self.format not in ("tmx", "apollo") and (self.language is None) == (
+            self.language_field is None
+        ):
             raise ValueError("give exactly one of 'language' or 'language_field'")
         if self.format != "apollo" and self.source_type is None:
             raise ValueError("'source_type' is required for this format")

@@ -3,6 +3,7 @@ source root that ids and `file` columns are relative to."""
 
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import io
@@ -67,8 +68,10 @@ class _ZstdStream(io.RawIOBase):
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """A file's decompressed bytes (.gz and .zst by suffix); truncation raises EOFError while reading."""
+    """A file's decompressed bytes (.gz, .bz2 and .zst by suffix); truncation raises EOFError while reading."""
     fh = open(path, "rb")  # noqa: SIM115 - handed to the wrapper, closed with it
+    if path.name.endswith(".bz2"):
+        return bz2.BZ2File(fh, mode="rb")
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=fh, mode="rb")
     if path.name.endswith(".zst"):
