@@ -155,6 +155,14 @@ class SourceSection(Section):
     wiki_namespaces: list[int] = Field(
         default_factory=lambda: [0], description="mediawiki: page namespaces to read (0: articles)"
     )
+    medical_gate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="web/general sources: the quality stage keeps only documents whose medical score "
+        "(the bootstrap classifier's when quality.medical_gate_bootstrap is on) is at least this; "
+        "curated sources (the other types) cannot be gated",
+    )
     hf_split: str = "train"
     hf_config: str | None = Field(None, description="dataset configuration name for load_dataset")
     priority: int = Field(0, description="higher wins when choosing which near-duplicate to keep")
@@ -192,6 +200,14 @@ class SourceSection(Section):
                 raise ValueError("'csv_delimiter' applies to csv and tsv sources only")
             if len(self.csv_delimiter) != 1:
                 raise ValueError("'csv_delimiter' must be one character")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_on_uncurated(self) -> SourceSection:
+        if self.medical_gate is not None and self.source_type not in ("web", "general"):
+            raise ValueError(
+                f"'medical_gate' applies to web and general sources; '{self.source_type}' sources are curated"
+            )
         return self
 
     @property
@@ -415,6 +431,21 @@ def _check_source_type_keys(mapping: dict[str, float]) -> dict[str, float]:
     return mapping
 
 
+class MedicalGateBootstrap(Section):
+    """FineWeb-Edu-style labels for the medical gate: an LLM labels a sample of the gated sources'
+    documents, a fastText classifier learns them and scores the rest (docs/curation.md)."""
+
+    enabled: bool = Field(False, description="label a sample with the LLM endpoint (llm.*) and train on it")
+    sample_docs: int = Field(1_000, ge=10, description="documents of the gated sources the LLM labels")
+    holdout_fraction: float = unit_interval(
+        0.2, "part of the labels kept out of training, for precision/recall"
+    )
+    max_chars: int = Field(2_000, ge=100, description="characters of each document the LLM reads")
+    min_labels: int = Field(20, ge=2, description="fewer usable labels of either class: no classifier")
+    epochs: int = Field(25, ge=1)
+    prompt_version: str = Field("v1", description="the rubric's version (part of the cache key)")
+
+
 class QualitySection(Section):
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
@@ -452,6 +483,7 @@ class QualitySection(Section):
         10, ge=1, description="fewer documents of either class in a fold: the classifier is skipped"
     )
     medical_epochs: int = Field(5, ge=1)
+    medical_gate_bootstrap: MedicalGateBootstrap = Field(default_factory=lambda: MedicalGateBootstrap())
     pii: bool = Field(True, description="replace personal data with typed placeholders (<EMAIL>, <PHONE>...)")
 
     @model_validator(mode="after")
