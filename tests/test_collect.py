@@ -559,6 +559,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {name for name, s in summary["sources"].items() if s["records"] > 0} == {
         "medical_books", "medical_papers", "guidelines", "encyclopedia", "exams", "dialogues",
         "general", "web_pages", "translation_memory", "apollo", "forum_posts",
+        "clinic_pages", "crawl", "sepsis_guide", "pmc_articles", "pubmed", "medwiki", "leaflets",
     }  # fmt: skip
     assert len({r["id"] for r in records}) == len(records)
     exams = [r for r in records if r["source"] == "exams"]
@@ -599,6 +600,45 @@ def test_example_config_documents_every_source_and_collect_option():
     assert {s.format for s in cfg.sources} >= {"jsonl", "csv", "parquet", "tmx", "apollo", "hf"}
     for name in [*SourceSection.model_fields, *CollectSection.model_fields]:
         assert re.search(rf"^\s*(- )?{name}:", text, re.M), f"configs/example_full.yaml lacks '{name}'"
+
+
+def test_demo_reads_each_raw_document_format(demo):
+    """data/sample/raw/ (build_raw.py): one small file per document format, with the chrome real
+    files have; collect keeps the text and drops the chrome."""
+    records, _, summary = demo
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    counts = {name: len(rows) for name, rows in by_source.items()}
+    assert {k: counts[k] for k in ("clinic_pages", "crawl", "sepsis_guide", "pmc_articles")} == {
+        "clinic_pages": 1, "crawl": 2, "sepsis_guide": 1, "pmc_articles": 1,
+    }  # fmt: skip
+    assert {k: counts[k] for k in ("pubmed", "medwiki", "leaflets")} == {
+        "pubmed": 2,
+        "medwiki": 2,
+        "leaflets": 1,
+    }
+    (page,) = by_source["clinic_pages"]
+    assert page["url"] == "https://clinic.example.org/topics/hand-washing"
+    assert "for at least twenty seconds" in page["text"] and "Cookie settings" not in page["text"]
+    crawl = {r["url"]: r for r in by_source["crawl"]}
+    assert crawl["https://sante.example.fr/grippe"]["language"] == "fr"
+    assert (
+        crawl["https://sante.example.fr/grippe"]["source_id"]
+        == "<urn:uuid:00000000-0000-4000-8000-000000000001>"
+    )
+    (guide,) = by_source["sepsis_guide"]
+    assert "Sepsis: a guide for families" not in guide["text"]  # the running header
+    assert "if someone with an infection has slurred speech or confusion, extreme shivering" in guide["text"]
+    (article,) = by_source["pmc_articles"]
+    assert article["license"] == "CC-BY-4.0" and article["source_id"] == "PMC9900101"
+    assert "Fictional Journal" not in article["text"] and "Correct preparation" not in article["text"]
+    assert {r["source_id"] for r in by_source["pubmed"]} == {"99000201", "99000202"}
+    wiki = {r["source_id"]: r for r in by_source["medwiki"]}
+    assert set(wiki) == {"1001", "1002"}  # the redirect, the talk page and the railway page are not read
+    assert "Infobox" not in wiki["1001"]["text"] and "Region A" not in wiki["1001"]["text"]
+    assert "Take every dose at the times" in by_source["leaflets"][0]["text"]
+    assert summary["sources"]["crawl"]["format"] == "warc"
 
 
 def test_translation_memory_covers_the_english_passages_it_is_for(demo):
