@@ -11,6 +11,8 @@ chrome that is not the article (navigation, footer, video teaser: noise). On the
 reference text, so it reports characters kept, pages with no text, and the share of short lines
 (fewer than 4 words or 8 CJK characters), a proxy for navigation left in. Speed is the best of
 `--repeats` runs over the same bytes, extraction only (reading and decoding the WARC is outside).
+Then each medbabel reader runs on its fixture (WARC, HTML, PDF, JATS, MEDLINE, MediaWiki, DOCX):
+documents, characters kept and input megabytes per second.
 
     .venv/bin/python bench/bench_extract.py     # prints a table, writes bench/results/extract.json
 """
@@ -134,6 +136,58 @@ def measure(name: str, repeats: int, webmd: bytes, pages: list[bytes]) -> dict:
     }
 
 
+FORMAT_FILES = {
+    "warc": "warc_resiliparse_cc_sample.warc.gz",
+    "html": "html_readability_webmd_superbugs_en.html",
+    "pdf": "pdf_scipdf_futoma2017_sepsis_en.pdf",
+    "jats": "jats_pubmedparser_bmc_oral_health_1472-6831-8-11.nxml",
+    "medline": "medline_biopython_pubmed2.xml",
+    "mediawiki": "mediawiki_gensim_enwiki_table_markup.xml.bz2",
+    "docx": "docx_unstructured_handbook_1p.docx",
+}
+
+
+def reader_throughput(repeats: int) -> dict:
+    """Each medbabel reader on its fixture (no language ID: the language is fixed), best of `repeats`:
+    documents, characters kept, rejects, and input megabytes per second."""
+    import tempfile
+
+    from pipeline.config import CollectSection, SourceSection
+    from pipeline.readers import READERS
+    from pipeline.registry import load_registry
+
+    registry = load_registry()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, name in FORMAT_FILES.items():
+            path = RAW / name
+            source = SourceSection(
+                name=fmt, path=str(path), format=fmt, source_type="web", license="x", language="en"
+            )
+            reader = READERS[fmt](source, [path], RAW, CollectSection(), registry, Path(tmp))
+            best, docs, chars, rejects = float("inf"), 0, 0, 0
+            for _ in range(repeats):
+                start = time.perf_counter()
+                results = list(reader.iter_results(path, name))
+                best = min(best, time.perf_counter() - start)
+            for result, _, _ in results:
+                if hasattr(result, "text"):
+                    docs, chars = docs + 1, chars + len(result.text)
+                else:
+                    rejects += 1
+            size = path.stat().st_size
+            out[fmt] = {
+                "file": name,
+                "bytes": size,
+                "documents": docs,
+                "rejects": rejects,
+                "chars": chars,
+                "seconds": best,
+                "mb_per_s": size / best / 1e6,
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -153,7 +207,25 @@ def main(argv: list[str] | None = None) -> dict:
             f"{w['ms']:>9.1f} {c['chars']:>10,} {c['empty_pages']:>6} {c['short_line_share']:>11.0%} "
             f"{c['ms']:>8.1f} {c['pages_per_s']:>8.0f}"
         )
-    result = {"repeats": args.repeats, "extractors": results}
+    readers = reader_throughput(max(1, args.repeats // 2))
+    print(
+        f"\n{'format':<10} {'docs':>5} {'rejects':>7} {'chars kept':>11} {'seconds':>8} {'MB/s':>6}  library"
+    )
+    libraries = {
+        "warc": "warcio + trafilatura",
+        "html": "trafilatura",
+        "pdf": "pypdf",
+        "jats": "defusedxml",
+        "medline": "defusedxml",
+        "mediawiki": "mwparserfromhell",
+        "docx": "python-docx",
+    }
+    for fmt, r in readers.items():
+        print(
+            f"{fmt:<10} {r['documents']:>5} {r['rejects']:>7} {r['chars']:>11,} {r['seconds']:>8.3f} "
+            f"{r['mb_per_s']:>6.2f}  {libraries[fmt]}"
+        )
+    result = {"repeats": args.repeats, "extractors": results, "readers": readers}
     write_result(result, "bench_extract.py", argv, args.out)
     return result
 
