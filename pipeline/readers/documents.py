@@ -169,7 +169,9 @@ class DocumentSourceReader(SourceReader):
         license: str | None = None,
     ) -> Document | Reject:
         text = tidy(text)
-        language = self.detect_language(text, declared_language) if text else self.builder.fixed_language
+        if not text:
+            return Reject("empty_text", "no text was extracted from the document")
+        language = self.detect_language(text, declared_language)
         if isinstance(language, Reject):
             return language
         record_id = (
@@ -180,7 +182,7 @@ class DocumentSourceReader(SourceReader):
         columns = provenance(source_id, file_key, position) | {"url": url or None}
         if license:
             columns["license"] = license
-        return self.builder.finish(record_id, text, language or "und", **columns)
+        return self.builder.finish(record_id, text, language, **columns)
 
     def too_large(self, size: int, what: str) -> Reject:
         return Reject(
