@@ -17,11 +17,11 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline import medical_classifier as mc
 from pipeline.config import LLMSection, MedicalGateBootstrap
 from pipeline.llm.cache import CacheKey, normalize_segment
 from pipeline.llm.session import CheckFailed, LLMSession, WaitingForEndpoint
-from pipeline.steps import Rejection
+from pipeline.record_io import Rejection
+from pipeline.text import medical_classifier as mc
 
 RUBRIC = """You judge whether a document belongs in a corpus of medical text.
 Answer "medical" if its main subject is health or medicine: diseases, symptoms, diagnosis, treatment,

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.minhash import MinHasher, estimated_jaccard, language_salt, normalized_text_hash
-from pipeline.segment import segment
+from pipeline.text.minhash import MinHasher, estimated_jaccard, language_salt, normalized_text_hash
+from pipeline.text.segment import segment
 
 INDEX_DIRNAME = ".medbabel-index"
 _COLUMNS = ["id", "text", "language"]
@@ -126,7 +126,7 @@ class ReferenceIndex:
                             )
                             ids[language], exact[language] = [], []
                         tokens = [segment(texts[i], self.segmentation.get(language, "space")) for i in rows]
-                        signatures = self.minhasher.signatures(tokens)
+                        signatures = self.minhasher.signatures_of_shingles(*self.minhasher.shingles(tokens))
                         salts = np.full(len(rows), language_salt(language), dtype=np.uint64)
                         sig_out, bands_out = writers[language]
                         sig_out.write(signatures.tobytes())

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, SourceSection
+from pipeline.dag import StageContext
 from pipeline.readers import READERS, HFSourceReader, open_hf_dataset, required_fields, source_root
+from pipeline.record_io import RecordWriter, list_parquet, read_table
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.sources import expand_source_paths
-from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, list_parquet, read_table
 
 
 @dataclass(frozen=True)

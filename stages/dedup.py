@@ -36,19 +36,8 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipeline.config import DedupSection
-from pipeline.minhash import (
-    MinHasher,
-    estimated_jaccard,
-    language_salt,
-    normalized_text_hash,
-    sorted_jaccard,
-    unique_per_document,
-)
-from pipeline.reference_index import ReferenceIndex
-from pipeline.registry import Registry
-from pipeline.segment import segment
-from pipeline.stage import StageContext
-from pipeline.steps import (
+from pipeline.dag import StageContext
+from pipeline.record_io import (
     ProjectedRecordReader,
     RecordFilter,
     RecordWriter,
@@ -56,6 +45,17 @@ from pipeline.steps import (
     list_parquet,
     read_table,
 )
+from pipeline.reference_index import ReferenceIndex
+from pipeline.registry import Registry
+from pipeline.text.minhash import (
+    MinHasher,
+    estimated_jaccard,
+    language_salt,
+    normalized_text_hash,
+    sorted_jaccard,
+    unique_per_document,
+)
+from pipeline.text.segment import segment
 
 KEEP, EXACT, NEAR = 0, 1, 2
 # Exact verification skips candidates whose signature estimate is this far below the threshold
@@ -509,7 +509,7 @@ class ReferenceFilter(RecordFilter):
                 [normalized_text_hash(t, docs[i].text, language) for t, i in zip(tokens, rows, strict=True)],
                 dtype=np.uint64,
             )
-            signatures = mh.signatures(tokens)
+            signatures = mh.signatures_of_shingles(*mh.shingles(tokens))
             salts = np.full(len(rows), language_salt(language), dtype=np.uint64)
             threshold = self.threshold if self.near else 2.0  # above any similarity: exact matches only
             matches = self.index.lookup(

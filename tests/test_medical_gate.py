@@ -10,12 +10,12 @@ from collections import defaultdict
 
 import pytest
 from conftest import fake_upstream, record
-from llm_server import FakeLLM, LoopbackServer, medical_label
+from helpers.llm_server import FakeLLM, LoopbackServer, medical_label
 from test_quality import GENERAL_TOPICS
 
+from pipeline.dag import run_stage
 from pipeline.medical_gate import evaluate, parse_label
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
+from pipeline.record_io import list_parquet, read_records
 
 
 def _tico_paragraphs(shared_data, per_paragraph: int = 3) -> list[str]:

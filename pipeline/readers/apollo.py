@@ -12,7 +12,7 @@ from pipeline.readers.json_items import JsonItems
 from pipeline.readers.records import get_field, provenance
 from pipeline.readers.rejects import Reject
 from pipeline.schema import stable_id
-from pipeline.text import render_messages
+from pipeline.text.normalize import render_messages
 
 _APOLLO_KEY = re.compile(r"^(?P<kind>[A-Za-z]+)_(?P<lang>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)*)$")
 

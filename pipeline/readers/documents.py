@@ -28,7 +28,7 @@ from pipeline.readers.records import provenance
 from pipeline.readers.rejects import Reject
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.schema import stable_id
-from pipeline.text import normalize_text
+from pipeline.text.normalize import normalize_text
 
 _LID_CHARS = 2_000  # language ID reads the document's first characters
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
@@ -145,7 +145,7 @@ class DocumentSourceReader(SourceReader):
             except UnknownLanguageError:
                 pass  # fall back to language ID
         if self._lid is None:
-            from pipeline.langid import LanguageIdentifier
+            from pipeline.text.fasttext_lid import LanguageIdentifier
 
             self._lid = LanguageIdentifier(self.registry)
         top = self._lid.predict([text[:_LID_CHARS]])[0][0]

@@ -9,10 +9,10 @@ from datatrove.data import Document
 
 from pipeline.config import CollectSection, SourceSection
 from pipeline.readers.rejects import Reject
+from pipeline.record_io import record_to_document
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.schema import empty_record, stable_id
-from pipeline.steps import record_to_document
-from pipeline.text import (
+from pipeline.text.normalize import (
     ROLE_ALIASES,
     ExamFormatError,
     answer_letter,

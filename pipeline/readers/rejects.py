@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.record_io import AtomicParquetFile
 from pipeline.schema import REJECT_SCHEMA
-from pipeline.steps import AtomicParquetFile
 
 # Reason codes of rejected input (the `reason` column of rejected/ and `quarantined/<reason>` stats).
 REJECT_REASONS = {

@@ -9,7 +9,7 @@ from pipeline.readers.files import READ_CHUNK, open_binary
 from pipeline.readers.records import provenance
 from pipeline.readers.rejects import Reject
 from pipeline.schema import stable_id
-from pipeline.text import normalize_text
+from pipeline.text.normalize import normalize_text
 
 _XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _NATIVE_CODE = {"bpt", "ept", "ph", "it", "ut"}  # inline elements holding formatting codes, not text
