@@ -45,7 +45,6 @@ from pipeline.record_io import (
     list_parquet,
     read_table,
 )
-from pipeline.reference_index import ReferenceIndex
 from pipeline.registry import Registry
 from pipeline.text.minhash import (
     MinHasher,
@@ -55,6 +54,7 @@ from pipeline.text.minhash import (
     sorted_jaccard,
     unique_per_document,
 )
+from pipeline.text.reference_index import ReferenceIndex
 from pipeline.text.segment import segment
 
 KEEP, EXACT, NEAR = 0, 1, 2
