@@ -341,3 +341,51 @@ def test_document_formats_take_language_or_language_detect(tmp_path):
         )
     with pytest.raises(ConfigError, match="'language_detect' applies to the document formats"):
         run_collect(tmp_path, [source("j", "x.jsonl", language_detect="lid")])
+
+
+def test_warc_payloads_chunked_gzipped_and_not_html(tmp_path):
+    """Payloads as servers send them: chunked and gzip-encoded, a legacy charset, and an image."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    page = (
+        "<html><head><meta charset='windows-1252'></head><body><article><h1>Fièvre</h1><p>La fièvre est "
+        "une élévation de la température du corps au-dessus de 38 °C. Elle accompagne la plupart des "
+        "infections et se traite par le repos, des boissons et du paracétamol si besoin.</p></article>"
+        "</body></html>"
+    ).encode("cp1252")
+    compressed = gzip.compress(page)
+    chunked = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(compressed[i : i + 100]), compressed[i : i + 100])
+            for i in range(0, len(compressed), 100)
+        )
+        + b"0\r\n\r\n"
+    )
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=True)
+    headers = [("Content-Type", "text/html"), ("Content-Encoding", "gzip"), ("Transfer-Encoding", "chunked")]
+    writer.write_record(
+        writer.create_warc_record(
+            "https://example.org/fievre",
+            "response",
+            payload=io.BytesIO(chunked),
+            http_headers=StatusAndHeaders("200 OK", headers, protocol="HTTP/1.1"),
+        )
+    )
+    writer.write_record(
+        writer.create_warc_record(
+            "https://example.org/logo.png",
+            "response",
+            payload=io.BytesIO(b"\x89PNG\r\n\x1a\n" + bytes(200)),
+            http_headers=StatusAndHeaders("200 OK", [("Content-Type", "image/png")], protocol="HTTP/1.1"),
+        )
+    )
+    (tmp_path / "mixed.warc.gz").write_bytes(buffer.getvalue())
+    _, records, rejects = run_collect(
+        tmp_path, [doc_source("mixed", tmp_path / "mixed.warc.gz", "warc", language_detect="lid")]
+    )
+    (page_record,) = records
+    assert page_record["language"] == "fr" and "élévation de la température du corps" in page_record["text"]
+    ((reason, line, detail),) = [(r["reason"], r["line"], r["detail"]) for r in rejects]
+    assert reason == "unsupported_content" and line == 2 and "image/png" in detail
