@@ -22,6 +22,7 @@ FORMAT_SUFFIXES = {
     "medline": (".xml", ".xml.gz"),
     "mediawiki": (".xml", ".xml.bz2", ".xml.gz", ".xml.zst"),
     "docx": (".docx",),
+    "epub": (".epub",),
 }
 
 

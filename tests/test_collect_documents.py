@@ -22,6 +22,7 @@ RAW_NAMES = {
     "medline": "medline_biopython_pubmed2.xml",
     "mediawiki": "mediawiki_gensim_enwiki_table_markup.xml.bz2",
     "docx": "docx_unstructured_handbook_1p.docx",
+    "epub": "epub_unstructured_winter_sports.epub",
 }
 
 
@@ -175,6 +176,39 @@ def test_docx_paragraphs(tmp_path, raw):
     assert "CHAPTER 1 – INTRODUCTION" in text
     assert "The United States Trustee appoints and supervises standing trustees" in text
     assert 3_000 < len(text) < 4_000 and "\n\n\n" not in text
+
+
+def test_epub_book_in_spine_order_with_its_metadata(tmp_path, raw):
+    _, records, rejects = run_collect(
+        tmp_path,
+        [
+            doc_source(
+                "books", raw / RAW_NAMES["epub"], "epub", language_detect="declared", source_type="book"
+            )
+        ],
+    )
+    assert rejects == [] and len(records) == 1
+    book = records[0]
+    assert book["source_id"] == "http://www.gutenberg.org/60153" and book["language"] == "en"
+    assert book["license"] == "Public domain in the USA."  # the book's dc:rights
+    text = book["text"]
+    assert 300_000 < len(text) < 380_000
+    # chapters in spine order: a sentence of the second chapter file comes after the first file's
+    assert text.index("Winter Sports in Switzerland") < text.index(
+        "the circle of the Alpine day and night weaves"
+    )
+    assert "<p>" not in text and "</" not in text and "pgepub.css" not in text  # markup and styles gone
+
+
+def test_epub_that_is_broken(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("mimetype", "application/epub+zip")  # no container.xml
+    (tmp_path / "broken.epub").write_bytes(buffer.getvalue())
+    _, records, rejects = run_collect(tmp_path, [doc_source("b", tmp_path / "broken.epub", "epub")])
+    assert records == [] and [(r["reason"], "container.xml" in r["detail"]) for r in rejects] == [
+        ("unreadable_file", True)
+    ]
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -26,10 +26,11 @@ SourceFormat = Literal[
     "medline",
     "mediawiki",
     "docx",
+    "epub",
 ]
 # Formats holding whole documents (web pages, PDFs, articles, wiki pages): their text is extracted,
 # their language comes from `language` or `language_detect`, never from a field.
-DOCUMENT_FORMATS = ("warc", "html", "pdf", "jats", "medline", "mediawiki", "docx")
+DOCUMENT_FORMATS = ("warc", "html", "pdf", "jats", "medline", "mediawiki", "docx", "epub")
 
 
 class SourceSection(Section):

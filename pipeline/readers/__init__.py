@@ -18,6 +18,7 @@ from pipeline.readers.apollo import ApolloSourceReader
 from pipeline.readers.base import SourceReader
 from pipeline.readers.csv import CsvSourceReader
 from pipeline.readers.docx import DocxSourceReader
+from pipeline.readers.epub import EpubSourceReader
 from pipeline.readers.files import open_binary, source_root
 from pipeline.readers.html import HtmlSourceReader
 from pipeline.readers.huggingface import HFSourceReader, open_hf_dataset
@@ -46,6 +47,7 @@ READERS: dict[str, type[SourceReader]] = {
     "medline": MedlineSourceReader,
     "mediawiki": MediaWikiSourceReader,
     "docx": DocxSourceReader,
+    "epub": EpubSourceReader,
 }
 
 __all__ = [
