@@ -11,7 +11,8 @@ chrome that is not the article (navigation, footer, video teaser: noise). On the
 reference text, so it reports characters kept, pages with no text, and the share of short lines
 (fewer than 4 words or 8 CJK characters), a proxy for navigation left in. Speed is the best of
 `--repeats` runs over the same bytes, extraction only (reading and decoding the WARC is outside).
-Then each medbabel reader runs on its fixture (WARC, HTML, PDF, JATS, MEDLINE, MediaWiki, DOCX):
+Then each medbabel reader runs on its fixture (WARC, HTML, PDF, JATS, MEDLINE, MediaWiki, DOCX,
+EPUB):
 documents, characters kept and input megabytes per second.
 
     .venv/bin/python bench/bench_extract.py     # prints a table, writes bench/results/extract.json
@@ -144,6 +145,7 @@ FORMAT_FILES = {
     "medline": "medline_biopython_pubmed2.xml",
     "mediawiki": "mediawiki_gensim_enwiki_table_markup.xml.bz2",
     "docx": "docx_unstructured_handbook_1p.docx",
+    "epub": "epub_unstructured_winter_sports.epub",
 }
 
 
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         "medline": "defusedxml",
         "mediawiki": "mwparserfromhell",
         "docx": "python-docx",
+        "epub": "lxml.html",
     }
     for fmt, r in readers.items():
         print(
