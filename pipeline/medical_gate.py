@@ -11,12 +11,12 @@ document of the gated sources. Labelled documents keep their LLM label (score 1 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
+from pipeline import atomic
 from pipeline.config import LLMSection, MedicalGateBootstrap
 from pipeline.llm.cache import CacheKey, normalize_segment
 from pipeline.llm.session import CheckFailed, LLMSession, WaitingForEndpoint
@@ -118,7 +118,10 @@ def train_and_evaluate(
     model_dir.mkdir(parents=True, exist_ok=True)
     by_id = {item.id: item for item in items}
     labelled = [(doc_id, label) for doc_id, label in sorted(labels.items())]
-    _write_lines(model_dir / LABELS_FILE, [json.dumps({"id": i, "label": label}) for i, label in labelled])
+    atomic.write_text(
+        model_dir / LABELS_FILE,
+        "".join(json.dumps({"id": i, "label": label}) + "\n" for i, label in labelled),
+    )
     train = [(i, label) for i, label in labelled if not is_holdout(i, settings.holdout_fraction, seed)]
     holdout = [(i, label) for i, label in labelled if is_holdout(i, settings.holdout_fraction, seed)]
     counts = {label: sum(lab == label for _, lab in train) for label in (mc.MEDICAL, mc.GENERAL)}
@@ -131,19 +134,20 @@ def train_and_evaluate(
         info.update(
             status="skipped", reason=f"training labels per class {counts} < min_labels {settings.min_labels}"
         )
-        _write_json(model_dir / INFO_FILE, info)
+        atomic.write_json(model_dir / INFO_FILE, info, indent=2)
         return info
     train_file = model_dir / ".train.txt"
-    _write_lines(train_file, [f"{mc.LABEL_PREFIX}{label} {by_id[i].words}" for i, label in train])
-    tmp = model_dir / f".{MODEL_FILE}.tmp"
-    mc.train_model(train_file, tmp, seed, settings.epochs)
+    train_file.write_text(
+        "".join(f"{mc.LABEL_PREFIX}{label} {by_id[i].words}\n" for i, label in train), encoding="utf-8"
+    )
+    with atomic.atomic_path(model_dir / MODEL_FILE) as tmp:
+        mc.train_model(train_file, tmp, seed, settings.epochs)
     train_file.unlink()
-    os.replace(tmp, model_dir / MODEL_FILE)
     scorer = GateScorer(model_dir, use_labels=False)
     scores = scorer.score([i for i, _ in holdout], [by_id[i].words for i, _ in holdout])
     info["holdout_metrics"] = evaluate([label for _, label in holdout], scores, threshold)
     info["status"] = "trained"
-    _write_json(model_dir / INFO_FILE, info)
+    atomic.write_json(model_dir / INFO_FILE, info, indent=2)
     return info
 
 
@@ -202,15 +206,3 @@ class GateScorer:
 def read_info(model_dir: Path) -> dict | None:
     path = model_dir / INFO_FILE
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

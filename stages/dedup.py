@@ -24,7 +24,6 @@ is the same for any number of tasks. Once the filter pass is done, the large per
 from __future__ import annotations
 
 import json
-import os
 from itertools import combinations
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline import atomic
 from pipeline.config import DedupSection
 from pipeline.dag import StageContext
 from pipeline.record_io import (
@@ -78,23 +78,14 @@ _CLUSTER_SCHEMA = pa.schema(
 )
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def _save_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_open(path, "wb") as fh:
         np.save(fh, array)
-    _replace_atomically(tmp, path)
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    _replace_atomically(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 class DedupWorkspace:
@@ -220,7 +211,7 @@ class DedupSignatures(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         meta_path, *array_paths = self.workspace.signature_paths(rank)
         meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_paths = [path.with_name(f".{path.name}.tmp") for path in array_paths]
+        tmp_paths = [atomic.temporary_name(path) for path in array_paths]
         meta: dict[str, list] = {name: [] for name in _META_SCHEMA.names}
         batch: list[Document] = []
         outputs = [open(path, "wb") for path in tmp_paths]  # noqa: SIM115 (closed below)
@@ -236,7 +227,7 @@ class DedupSignatures(PipelineStep):
             for out in outputs:
                 out.close()
         for tmp, final in zip(tmp_paths, array_paths, strict=True):
-            _replace_atomically(tmp, final)
+            atomic.commit(tmp, final)
         _write_table(
             meta_path, pa.table(meta, schema=_META_SCHEMA)
         )  # written last: marks the task's files complete
@@ -437,7 +428,7 @@ class DedupClusters(PipelineStep):
             "exact_duplicates": int(np.count_nonzero(status == EXACT)),
             "near_duplicates": int(np.count_nonzero(status == NEAR)),
         }
-        ws.cluster_summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        atomic.write_json(ws.cluster_summary_path, summary, indent=2)
         return
         yield
 

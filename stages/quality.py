@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipeline import medical_gate
+from pipeline import atomic, medical_gate
 from pipeline.dag import StageContext
 from pipeline.llm.session import WaitingForEndpoint, cache_path
 from pipeline.record_io import (
@@ -88,12 +87,10 @@ class MedicalSampler(PipelineStep):
                 self.stat_update(f"sampled/{label}")
         self.sample_dir.mkdir(parents=True, exist_ok=True)
         path = self.sample_dir / f"{rank:05d}.jsonl"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic.atomic_open(path) as fh:
             for (fold, label), heap in sorted(heaps.items()):
                 for neg_h, text in sorted(heap, reverse=True):
                     fh.write(json.dumps({"h": -neg_h, "fold": fold, "label": label, "text": text}) + "\n")
-        os.replace(tmp, path)
         return
         yield  # a generator that yields nothing: the pass ends here
 
@@ -349,10 +346,7 @@ class GateSampler(PipelineStep):
                 heapq.heappush(heap, item)
             else:
                 heapq.heapreplace(heap, item)
-        self.sample_dir.mkdir(parents=True, exist_ok=True)
-        path = self.sample_dir / f"{rank:05d}.jsonl"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic.atomic_open(self.sample_dir / f"{rank:05d}.jsonl") as fh:
             for neg_h, doc_id, language, text, words in sorted(heap, reverse=True):
                 fh.write(
                     json.dumps(
@@ -360,7 +354,6 @@ class GateSampler(PipelineStep):
                     )
                     + "\n"
                 )
-        os.replace(tmp, path)
         return
         yield
 

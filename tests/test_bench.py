@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -246,6 +246,7 @@ def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     assert "the rest is lost" in rejects[-1]["detail"]
 
 
+@pytest.mark.slow
 def test_real_tico19_translation_memory(tmp_path, shared_data):
     with zipfile.ZipFile(shared_data / "tico19_all.en-fr.tmx.zip") as archive:
         archive.extractall(tmp_path / "tm")
@@ -355,6 +356,7 @@ def test_dialogue_messages_with_role_aliases(tmp_path):
     assert rejects[0]["reason"] == "bad_field" and "unknown role 'nurse'" in rejects[0]["detail"]
 
 
+@pytest.mark.slow
 def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
     import datasets
 
@@ -377,6 +379,7 @@ def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_each_kind_of_bad_input_is_rejected_with_its_reason_and_the_stage_finishes(tmp_path):
     good = {"text": EN, "lang": "en"}
     lines = [
@@ -487,6 +490,7 @@ def test_inconsistent_source_fields_fail_at_load(tmp_path, overrides, message):
         load_config(_config(tmp_path, [source("a", "a.jsonl", **overrides)]))
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     path = _config(tmp_path, [])
     result = run_stage_cli("collect", path, tmp_path / "o")
@@ -519,6 +523,7 @@ SAMPLE = ROOT / "data" / "sample"
 MAJOR = ("en", "zh", "fr", "es", "ar", "hi", "de", "pt", "ru", "ja", "ko", "it")
 
 
+@pytest.mark.slow
 def test_committed_sample_is_what_build_sample_produces(tmp_path):
     subprocess.run(
         [sys.executable, str(SAMPLE / "build_sample.py"), "--out", str(tmp_path)],
@@ -545,6 +550,7 @@ def demo(tmp_path_factory):
     return records, rejects, json.loads((out / "collect" / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_demo_collects_every_format_and_language_of_the_sample(demo):
     records, _, summary = demo
     by_language = {}
@@ -573,6 +579,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {("sw", "exam"), ("ha", "dialogue"), ("rw", "general"), ("th", "paper")} <= apollo
 
 
+@pytest.mark.slow
 def test_demo_finds_every_planted_item_and_rejects_exactly_the_broken_lines(demo):
     records, rejects, summary = demo
     by_id = {r["id"]: r for r in records}
@@ -602,6 +609,7 @@ def test_example_config_documents_every_source_and_collect_option():
         assert re.search(rf"^\s*(- )?{name}:", text, re.M), f"configs/example_full.yaml lacks '{name}'"
 
 
+@pytest.mark.slow
 def test_demo_reads_each_raw_document_format(demo):
     """data/sample/raw/ (build_raw.py): one small file per document format, with the chrome real
     files have; collect keeps the text and drops the chrome."""
@@ -641,6 +649,7 @@ def test_demo_reads_each_raw_document_format(demo):
     assert summary["sources"]["crawl"]["format"] == "warc"
 
 
+@pytest.mark.slow
 def test_translation_memory_covers_the_english_passages_it_is_for(demo):
     """Every English record of medical_books and guidelines is its title plus sentences that are all
     translation units with sw, vi and cs (so the demo translates them with no endpoint)."""

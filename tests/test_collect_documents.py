@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from test_collect import run_collect, source
 
+pytestmark = pytest.mark.slow  # every test but one runs the collect stage: not in `make test-fast`
+
 RAW_NAMES = {
     "warc": "warc_resiliparse_cc_sample.warc.gz",
     "html": "html_readability_webmd_superbugs_en.html",

@@ -112,6 +112,7 @@ def test_planted_duplicates_found_and_nothing_else(tmp_path, write_config, plant
     assert summary["docs_in"] == len(rows) and summary["docs_out"] == len(kept)
 
 
+@pytest.mark.slow
 def test_same_result_for_any_task_count_and_input_sharding(tmp_path, write_config, planted):
     rows, _ = planted
     results = []
@@ -130,6 +131,7 @@ def test_same_result_for_any_task_count_and_input_sharding(tmp_path, write_confi
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_output(tmp_path, write_config, planted):
     rows, _ = planted
     setup_run(tmp_path, rows, files=2)
@@ -175,6 +177,7 @@ def test_source_priority_decides_the_kept_document(tmp_path, write_config):
     assert [r["quarantine_detail"] for r in load(tmp_path / "dedup" / "quarantine")] == ["from-guideline"]
 
 
+@pytest.mark.slow
 def test_near_dedup_can_be_switched_off(tmp_path, write_config, planted):
     rows, _ = planted
     setup_run(tmp_path, rows)
@@ -182,6 +185,7 @@ def test_near_dedup_can_be_switched_off(tmp_path, write_config, planted):
     assert summary["quarantined_by_reason"] == {"exact_duplicate": 5}
 
 
+@pytest.mark.slow
 def test_recall_and_precision_against_exact_jaccard(tmp_path, write_config):
     """Small version of the benchmark's figure: copies with 0-8 substituted words (Jaccard ~0.4-1.0)."""
     rng = random.Random(11)
@@ -225,6 +229,7 @@ def test_connected_components_matches_union_find():
     np.testing.assert_array_equal(connected_components(np.arange(n), edges), expected)
 
 
+@pytest.mark.slow
 def test_reference_dedup_removes_planted_copies_of_an_earlier_corpus(tmp_path, write_config):
     """`dedup.reference`: copies (exact and near) of an earlier run's shards are removed, naming the
     earlier document; the rest is kept; the index is built once next to the shards and reused."""

@@ -97,6 +97,7 @@ def _run(tmp_path, write_config, rows, quality: dict, llm: dict | None = None):
     return summary, kept, removed
 
 
+@pytest.mark.slow
 def test_gate_with_the_medical_classifier_filters_the_gated_source_only(tmp_path, write_config, shared_data):
     rows, crawl_medical, crawl_other = _corpus(shared_data)
     summary, kept, removed = _run(tmp_path, write_config, rows, {"medical_min_train_docs": 5})
@@ -116,6 +117,7 @@ def test_gate_with_the_medical_classifier_filters_the_gated_source_only(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_bootstrap_labels_with_the_llm_trains_and_reports_holdout_precision_recall(
     tmp_path, write_config, shared_data
 ):
@@ -154,6 +156,7 @@ def test_bootstrap_labels_with_the_llm_trains_and_reports_holdout_precision_reca
     assert again["medical_gate"]["bootstrap"]["holdout_metrics"] == metrics
 
 
+@pytest.mark.slow
 def test_bootstrap_offline_falls_back_to_the_medical_classifier(tmp_path, write_config, shared_data):
     rows, _, _ = _corpus(shared_data)
     quality = {"medical_min_train_docs": 5, "medical_gate_bootstrap": {"enabled": True, "sample_docs": 20}}

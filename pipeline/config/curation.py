@@ -3,9 +3,10 @@ language ID, families, quality, decontamination and shards."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Section, unit_interval
 from pipeline.schema import SOURCE_TYPES
@@ -182,6 +183,24 @@ class CollectSection(Section):
     reject_snippet_chars: int = Field(
         300, ge=0, description="how much of a rejected input is kept in rejected/ (`raw` column)"
     )
+    max_record_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="a line, JSON item, CSV field or TMX unit larger than this many bytes is rejected as "
+        "too_large without being decoded (memory stays bounded whatever the input)",
+    )
+    max_decompressed_bytes: int = Field(
+        1 << 40,
+        ge=1,
+        description="a compressed file inflating past this many bytes stops there (decompression_limit); "
+        "the records before are kept",
+    )
+    max_compression_ratio: float = Field(
+        500.0,
+        ge=1,
+        description="a compressed file inflating more than this many times its compressed size (judged "
+        "after its first 8 MiB) stops there as a likely decompression bomb (decompression_limit)",
+    )
     apollo_source_types: dict[str, SourceType] = Field(
         default_factory=lambda: dict(APOLLO_SOURCE_TYPES),
         description="ApolloMoE source key prefix -> source_type (replaces the default mapping)",
@@ -227,8 +246,22 @@ class LLMSection(Section):
     )
     budget_usd: float | None = Field(None, gt=0, description="stop sending requests once this is spent")
     cache_path: str | None = Field(
-        None, description="request cache (SQLite); OUT/llm_cache.sqlite when unset"
+        None,
+        description="request cache (SQLite); OUT/llm_cache.sqlite when unset. A relative path lies inside "
+        "OUT; an absolute one (a cache shared between runs) is the only file written outside OUT",
     )
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_inside_out(cls, value: str | None) -> str | None:
+        if value is None or Path(value).expanduser().is_absolute():
+            return value
+        if ".." in Path(value).parts:
+            raise ValueError(
+                f"'{value}' climbs out of OUT; a relative cache path lies inside OUT, "
+                "give an absolute path for a cache shared between runs"
+            )
+        return value
 
     @model_validator(mode="after")
     def _budget_needs_price(self) -> LLMSection:

@@ -18,6 +18,9 @@ REJECT_REASONS = {
     "empty_text": "the text is empty or only whitespace",
     "too_short": "the text is shorter than collect.min_doc_chars",
     "too_long": "the text is longer than collect.max_doc_chars",
+    "too_large": "a line, item, field or unit over collect.max_record_bytes, set aside without decoding",
+    "decompression_limit": "a compressed file inflating past collect.max_decompressed_bytes or "
+    "max_compression_ratio; records before the stop are kept",
     "unknown_language": "a language code the registry cannot map",
     "bad_field": "a field of the wrong type or shape (options, answer, roles, apollo source key)",
     "truncated_file": "a compressed file that ends mid-stream; records before the break are kept",

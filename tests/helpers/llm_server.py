@@ -12,7 +12,8 @@ would, deterministically:
 
 Faults are injected at configurable rates: 429 with `Retry-After`, 500, a hang past the client's
 timeout, a truncated reply (`finish_reason: length`), a malformed body, an empty reply, a reply in
-another language, chatter around the translation, and an error body echoing the caller's API key.
+another language, chatter around the translation, and an error body or a completion echoing the
+caller's `Authorization` header (the API key).
 Whether a request gets a fault depends only on (seed, request body, how often that body was seen),
 so runs are reproducible whatever the concurrency.
 
@@ -44,6 +45,7 @@ FAULT_KINDS = (
     "wrong_language",
     "chatter",
     "echo_key",
+    "echo_key_in_reply",
 )
 
 _TARGET = re.compile(r"Target language: [^\n]*\((?P<code>[A-Za-z-]+)\)")
@@ -196,6 +198,8 @@ class FakeLLM:
             content = self._wrong_language(messages, content)
         elif fault == "chatter":
             content = f"Here is the translation:\n\n{content}"
+        elif fault == "echo_key_in_reply":
+            content = f"{content} (Authorization: {authorization})"
         if fault is None:
             with self._lock:
                 self.completed[body_key] += 1
