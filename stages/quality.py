@@ -304,7 +304,7 @@ def _bootstrap_gate(ctx: StageContext, gates: dict[str, float]) -> tuple[dict, P
     readers = [ProjectedRecordReader(d, columns) for d in ctx.input_dirs() if list_parquet(d)]
     ctx.run_pipeline([*readers, sampler], name="gate_sample")
     items = GateSampler.merge(sample_dir, settings.sample_docs)
-    cache_file = cache_path(ctx.cfg.llm, ctx.out, ctx.cfg.resolve)
+    cache_file = cache_path(ctx.cfg.llm, ctx.out)
     try:
         labels, accounting = medical_gate.label_sample(items, ctx.cfg.llm, settings, cache_file)
     except WaitingForEndpoint:

@@ -425,3 +425,21 @@ def test_warc_payloads_chunked_gzipped_and_not_html(tmp_path):
     assert page_record["language"] == "fr" and "élévation de la température du corps" in page_record["text"]
     ((reason, line, detail),) = [(r["reason"], r["line"], r["detail"]) for r in rejects]
     assert reason == "unsupported_content" and line == 2 and "image/png" in detail
+
+
+def test_bz2_wiki_dump_bomb_stops_at_the_decompression_limit(tmp_path):
+    """A .xml.bz2 whose one page inflates far beyond its size: reading stops at the reliability
+    limits (collect.max_decompressed_bytes), the pages before are kept."""
+    page = "<page><title>Fever</title><ns>0</ns><id>{id}</id><revision><text>{text}</text></revision></page>"
+    head = '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">'
+    good = page.format(id=1, text="Fever is a body temperature above the normal range. " * 20)
+    bomb = page.format(id=2, text="a" * 30_000_000)
+    (tmp_path / "bomb.xml.bz2").write_bytes(bz2.compress((head + good + bomb + "</mediawiki>").encode()))
+    _, records, rejects = run_collect(
+        tmp_path,
+        [doc_source("wiki", tmp_path / "bomb.xml.bz2", "mediawiki")],
+        max_decompressed_bytes=5_000_000,
+    )
+    assert [r["source_id"] for r in records] == ["1"]
+    ((reason, detail),) = [(r["reason"], r["detail"]) for r in rejects]
+    assert reason == "decompression_limit" and "max_decompressed_bytes" in detail

@@ -56,16 +56,18 @@ class XmlBroken(Exception):
         self.detail = detail
 
 
-def iter_elements(path: Path, names: set[str]) -> Iterator[tuple[Element, int]]:
+def iter_elements(
+    path: Path, names: set[str], collect: CollectSection | None = None
+) -> Iterator[tuple[Element, int]]:
     """(element, its number among the matches) for each complete element named in `names`, streamed.
 
     defusedxml parses (no entity expansion, no external entities or DTDs fetched); a matched
     element is cleared once the caller is done with it, so memory stays bounded by one element.
     Raises XmlBroken with the line and reason when the XML breaks, EOFError when a compressed
-    file is truncated.
+    file is truncated, DecompressionLimitError past `collect`'s decompression limits.
     """
     count = 0
-    with open_binary(path) as fh:
+    with open_binary(path, collect) as fh:
         events = iterparse(_Chunked(fh), events=("start", "end"))
         root = None
         try:

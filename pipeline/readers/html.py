@@ -85,7 +85,7 @@ class HtmlSourceReader(DocumentSourceReader):
     name = "📖 html source"
 
     def iter_results(self, path: Path, file_key: str):
-        with open_binary(path) as fh:
+        with open_binary(path, self.collect) as fh:
             html = fh.read(self.max_bytes + 1)
         if len(html) > self.max_bytes:
             yield self.too_large(len(html), "the page"), 1, None

@@ -168,7 +168,7 @@ class JatsSourceReader(DocumentSourceReader):
     def iter_results(self, path: Path, file_key: str):
         number = 0
         try:
-            for article, number in iter_elements(path, {"article"}):
+            for article, number in iter_elements(path, {"article"}, self.collect):
                 self._line = number
                 yield self._article(article, file_key, number), number, None
         except XmlBroken as exc:

@@ -150,7 +150,7 @@ class MediaWikiSourceReader(DocumentSourceReader):
         wanted = {c.replace("_", " ").strip().lower() for c in self.source.wiki_categories}
         page_number = 0
         try:
-            for element, _ in iter_elements(path, {"page", "siteinfo"}):
+            for element, _ in iter_elements(path, {"page", "siteinfo"}, self.collect):
                 if local_name(element.tag) == "siteinfo":
                     site.read(element)
                     continue

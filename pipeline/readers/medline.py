@@ -46,7 +46,7 @@ class MedlineSourceReader(DocumentSourceReader):
     def iter_results(self, path: Path, file_key: str):
         number = 0
         try:
-            for article, number in iter_elements(path, {"PubmedArticle"}):
+            for article, number in iter_elements(path, {"PubmedArticle"}, self.collect):
                 self._line = number
                 pmid = text_of(_first(article, "PMID")) or None
                 result = self.document(

@@ -67,7 +67,7 @@ class WarcSourceReader(DocumentSourceReader):
         from warcio.exceptions import ArchiveLoadFailed
 
         try:
-            with open_binary(path) as fh:
+            with open_binary(path, self.collect) as fh:
                 head = fh.read(5)
         except (OSError, EOFError, zlib.error) as exc:
             head = f"{type(exc).__name__}: {exc}".encode()
