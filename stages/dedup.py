@@ -538,7 +538,7 @@ def run(ctx: StageContext) -> dict:
     reference_steps, reference = [], None
     if cfg.reference:
         segmentation = {code: lang.segmentation for code, lang in ctx.registry.languages.items()}
-        index = ReferenceIndex(ctx.cfg.resolve(cfg.reference), minhasher, segmentation)
+        index = ReferenceIndex(ctx.cfg.resolve(cfg.reference), minhasher, cfg.seed, segmentation)
         reference = {"path": str(index.reference), "index": str(index.directory), **index.ensure()}
         reference_steps = [
             ReferenceFilter(index, cfg.verify_threshold, cfg.exact, cfg.near, ctx.quarantine_dir, ctx.name)

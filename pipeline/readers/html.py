@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.readers.documents import DocumentSourceReader
 from pipeline.readers.files import open_binary
+from pipeline.readers.rejects import Reject
 
 _HEAD_BYTES = 65_536
 _HTML_LANG = re.compile(rb"<html\b[^>]*?\blang\s*=\s*[\"']?([A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)*)", re.I)
@@ -98,7 +99,5 @@ class HtmlSourceReader(DocumentSourceReader):
         result = self.document(text, file_key, 1, url=head.canonical_url, declared_language=head.language)
         yield result, 1, None
 
-    def no_main_text(self):
-        from pipeline.readers.rejects import Reject
-
+    def no_main_text(self) -> Reject:
         return Reject("empty_text", f"{self.source.extractor} found no main text in the page")

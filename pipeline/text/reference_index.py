@@ -3,7 +3,7 @@
 New documents that duplicate (exactly, or near by MinHash) a document of the earlier corpus are
 removed without re-processing that corpus: its shards are read once, and per language the
 normalised-text hashes, MinHash signatures and LSH band keys are written next to them, under
-`<reference>/.medbabel-index/<parameters>/`. Later runs with the same MinHash parameters reuse
+`<reference>/.medbabel-index/n<ngram>-b<bands>-r<rows>-s<seed>/`. Later runs with the same MinHash parameters reuse
 the index as long as the shards are unchanged (same files, sizes and modification times); a
 change rebuilds it.
 
@@ -73,11 +73,12 @@ def _fingerprint(reference: Path, shards: list[Path]) -> str:
 class ReferenceIndex:
     """Build (once) or open the index of `reference`, and look new documents up in it."""
 
-    def __init__(self, reference: Path, minhasher: MinHasher, segmentation: dict[str, str]):
+    def __init__(self, reference: Path, minhasher: MinHasher, seed: int, segmentation: dict[str, str]):
+        """`minhasher` must be MinHasher(ngram, bands, rows, seed): the index's name records them all."""
         self.reference = Path(reference).resolve()
         self.minhasher = minhasher
         self.segmentation = segmentation
-        params = f"n{minhasher.ngram}-b{minhasher.bands}-r{minhasher.rows}-s{_seed_tag(minhasher)}"
+        params = f"n{minhasher.ngram}-b{minhasher.bands}-r{minhasher.rows}-s{seed}"
         self.directory = self.reference / INDEX_DIRNAME / params
         self._languages: dict[str, _LanguageIndex | None] = {}
 
@@ -184,11 +185,6 @@ class ReferenceIndex:
         if index is None:
             return [None] * len(exact_hashes)
         return index.lookup(exact_hashes, signatures, band_keys, threshold)
-
-
-def _seed_tag(minhasher: MinHasher) -> str:
-    """A short tag of the permutations (seed-derived), so different seeds never share an index."""
-    return hashlib.sha1(minhasher._mul.tobytes()).hexdigest()[:8]
 
 
 class _LanguageIndex:
