@@ -91,6 +91,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_truncated_upstream_file_stops_the_next_stage_naming_file_and_stage(tmp_path):
     """A Parquet file of a completed stage cut short afterwards (a disk fault, a bad copy): the next
     stage refuses it before reading, naming the file, the stage that wrote it and how to redo it."""
@@ -230,6 +231,7 @@ def test_a_checkpoint_left_half_written_is_never_picked(tmp_path):
     assert not (root / ".step-000002.tmp").exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_exported_model_names_its_file_and_stage(tmp_path):
     import torch
     from helpers.eval_helpers import make_tiny_moe
