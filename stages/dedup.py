@@ -54,6 +54,7 @@ from pipeline.text.minhash import (
     sorted_jaccard,
     unique_per_document,
 )
+from pipeline.text.reference_index import ReferenceIndex
 from pipeline.text.segment import segment
 
 KEEP, EXACT, NEAR = 0, 1, 2
@@ -470,6 +471,53 @@ class DedupFilter(RecordFilter):
         return None if status == KEEP else Rejection(REASONS[status], kept_id)
 
 
+class ReferenceFilter(RecordFilter):
+    """Sets aside new records that duplicate a document of the earlier corpus (`dedup.reference`),
+    naming that document; the index is built before the filter pass (ReferenceIndex.ensure)."""
+
+    name = "📚 reference dedup"
+    batch_size = 256
+
+    def __init__(
+        self, index: ReferenceIndex, threshold: float, exact: bool, near: bool, quarantine_dir, stage: str
+    ):
+        super().__init__(quarantine_dir, stage)
+        self.index = index
+        self.threshold = threshold
+        self.exact = exact
+        self.near = near
+
+    def check_batch(self, docs: list[Document]) -> list[Rejection | None]:
+        verdicts: list[Rejection | None] = [None] * len(docs)
+        by_language: dict[str, list[int]] = {}
+        for i, doc in enumerate(docs):
+            by_language.setdefault(doc.metadata["language"], []).append(i)
+        mh = self.index.minhasher
+        for language, rows in by_language.items():
+            split = self.index.segmentation.get(language, "space")
+            tokens = [segment(docs[i].text, split) for i in rows]
+            exact = np.array(
+                [normalized_text_hash(t, docs[i].text, language) for t, i in zip(tokens, rows, strict=True)],
+                dtype=np.uint64,
+            )
+            signatures = mh.signatures_of_shingles(*mh.shingles(tokens))
+            salts = np.full(len(rows), language_salt(language), dtype=np.uint64)
+            threshold = self.threshold if self.near else 2.0  # above any similarity: exact matches only
+            matches = self.index.lookup(
+                language, exact, signatures, mh.band_keys(signatures, salts), threshold
+            )
+            for i, match in zip(rows, matches, strict=True):
+                if match is None or (match.kind == "exact" and not (self.exact or self.near)):
+                    continue
+                how = (
+                    "exact copy" if match.kind == "exact" else f"near copy (Jaccard ~{match.similarity:.2f})"
+                )
+                verdicts[i] = Rejection(
+                    "reference_duplicate", f"{how} of {match.reference_id} in {self.index.reference}"
+                )
+        return verdicts
+
+
 def run(ctx: StageContext) -> dict:
     cfg: DedupSection = ctx.cfg.dedup
     tasks = ctx.cfg.executor.tasks
@@ -487,8 +535,21 @@ def run(ctx: StageContext) -> dict:
         [DedupBuckets(ws, cfg.verify, cfg.verify_threshold)], name="buckets", tasks=min(cfg.bands, tasks)
     )
     ctx.run_pipeline([DedupClusters(ws, cfg.exact, cfg.near)], name="clusters", tasks=1)
+    reference_steps, reference = [], None
+    if cfg.reference:
+        segmentation = {code: lang.segmentation for code, lang in ctx.registry.languages.items()}
+        index = ReferenceIndex(ctx.cfg.resolve(cfg.reference), minhasher, cfg.seed, segmentation)
+        reference = {"path": str(index.reference), "index": str(index.directory), **index.ensure()}
+        reference_steps = [
+            ReferenceFilter(index, cfg.verify_threshold, cfg.exact, cfg.near, ctx.quarantine_dir, ctx.name)
+        ]
     ctx.run_pipeline(
-        [*ctx.input_readers(), DedupFilter(ws, ctx.quarantine_dir, ctx.name), RecordWriter(ctx.output_dir)],
+        [
+            *ctx.input_readers(),
+            DedupFilter(ws, ctx.quarantine_dir, ctx.name),
+            *reference_steps,
+            RecordWriter(ctx.output_dir),
+        ],
         name="filter",
         tasks=tasks,
     )
@@ -505,4 +566,11 @@ def run(ctx: StageContext) -> dict:
             "verify": cfg.verify,
             "verify_threshold": cfg.verify_threshold,
         }
+    } | ({"reference": _reference_summary(reference, ctx.counters())} if reference else {})
+
+
+def _reference_summary(reference: dict, counters: dict[str, float]) -> dict:
+    keep = ("path", "index", "reused", "shards", "languages")
+    return {key: reference[key] for key in keep} | {
+        "removed": int(counters.get("quarantined/reference_duplicate", 0))
     }

@@ -203,6 +203,41 @@ def test_tmx_units_become_rows_per_language_sharing_a_group(tmp_path):
     assert [(r["reason"], r["line"]) for r in rejects] == [("unknown_language", 8)]
 
 
+def test_every_record_traces_back_to_its_file_and_position(tmp_path):
+    """Provenance columns: the source's own id, the file relative to the source root, and the line
+    (JSON Lines, CSV), item (JSON array), row (Parquet) or translation unit (TMX)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_bytes(
+        jsonl_bytes([{"text": EN, "lang": "en", "id": "x7"}, {"text": FR, "lang": "fr"}])
+    )
+    (tmp_path / "arr.json").write_text(
+        json.dumps([{"text": EN, "lang": "en"}, {"text": FR, "lang": "fr"}], indent=2)
+    )
+    (tmp_path / "g.csv").write_text(f'lang,text\nen,"{EN}\nsecond line"\nfr,{FR}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": [EN, FR], "lang": ["en", "fr"]}), tmp_path / "p.parquet")
+    (tmp_path / "tm.tmx").write_text(TMX + "</body></tmx>\n", encoding="utf-8")
+    _, records, _ = run_collect(
+        tmp_path,
+        [
+            source("jl", "data", id_field="id"),
+            source("arr", "arr.json"),
+            source("csv", "g.csv", "csv"),
+            source("pq", "p.parquet", "parquet"),
+            source("tm", "tm.tmx", "tmx", source_type="book"),
+        ],
+    )
+    found = {
+        (r["source"], r["language"]): (r["source_id"], r["source_file"], r["source_position"])
+        for r in records
+    }
+    assert found[("jl", "en")] == ("x7", "a.jsonl", 1) and found[("jl", "fr")] == (None, "a.jsonl", 2)
+    assert found[("arr", "fr")] == (None, "arr.json", 2)  # the second item of the array
+    assert found[("csv", "en")] == (None, "g.csv", 2) and found[("csv", "fr")] == (None, "g.csv", 4)
+    assert found[("pq", "fr")] == (None, "p.parquet", 2)
+    assert found[("tm", "fr")] == ("a", "tm.tmx", 1) and found[("tm", "de")] == ("b", "tm.tmx", 2)
+
+
 def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     (tmp_path / "tm.tmx").write_text(TMX + "<tu><tuv xml:lang='en'><seg>cut", encoding="utf-8")
     _, records, rejects = run_collect(tmp_path, [source("tm", "tm.tmx", "tmx", source_type="book")])
@@ -530,6 +565,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {name for name, s in summary["sources"].items() if s["records"] > 0} == {
         "medical_books", "medical_papers", "guidelines", "encyclopedia", "exams", "dialogues",
         "general", "web_pages", "translation_memory", "apollo", "forum_posts",
+        "clinic_pages", "crawl", "sepsis_guide", "pmc_articles", "pubmed", "medwiki", "leaflets",
     }  # fmt: skip
     assert len({r["id"] for r in records}) == len(records)
     exams = [r for r in records if r["source"] == "exams"]
@@ -571,6 +607,46 @@ def test_example_config_documents_every_source_and_collect_option():
     assert {s.format for s in cfg.sources} >= {"jsonl", "csv", "parquet", "tmx", "apollo", "hf"}
     for name in [*SourceSection.model_fields, *CollectSection.model_fields]:
         assert re.search(rf"^\s*(- )?{name}:", text, re.M), f"configs/example_full.yaml lacks '{name}'"
+
+
+@pytest.mark.slow
+def test_demo_reads_each_raw_document_format(demo):
+    """data/sample/raw/ (build_raw.py): one small file per document format, with the chrome real
+    files have; collect keeps the text and drops the chrome."""
+    records, _, summary = demo
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    counts = {name: len(rows) for name, rows in by_source.items()}
+    assert {k: counts[k] for k in ("clinic_pages", "crawl", "sepsis_guide", "pmc_articles")} == {
+        "clinic_pages": 1, "crawl": 2, "sepsis_guide": 1, "pmc_articles": 1,
+    }  # fmt: skip
+    assert {k: counts[k] for k in ("pubmed", "medwiki", "leaflets")} == {
+        "pubmed": 2,
+        "medwiki": 2,
+        "leaflets": 1,
+    }
+    (page,) = by_source["clinic_pages"]
+    assert page["url"] == "https://clinic.example.org/topics/hand-washing"
+    assert "for at least twenty seconds" in page["text"] and "Cookie settings" not in page["text"]
+    crawl = {r["url"]: r for r in by_source["crawl"]}
+    assert crawl["https://sante.example.fr/grippe"]["language"] == "fr"
+    assert (
+        crawl["https://sante.example.fr/grippe"]["source_id"]
+        == "<urn:uuid:00000000-0000-4000-8000-000000000001>"
+    )
+    (guide,) = by_source["sepsis_guide"]
+    assert "Sepsis: a guide for families" not in guide["text"]  # the running header
+    assert "if someone with an infection has slurred speech or confusion, extreme shivering" in guide["text"]
+    (article,) = by_source["pmc_articles"]
+    assert article["license"] == "CC-BY-4.0" and article["source_id"] == "PMC9900101"
+    assert "Fictional Journal" not in article["text"] and "Correct preparation" not in article["text"]
+    assert {r["source_id"] for r in by_source["pubmed"]} == {"99000201", "99000202"}
+    wiki = {r["source_id"]: r for r in by_source["medwiki"]}
+    assert set(wiki) == {"1001", "1002"}  # the redirect, the talk page and the railway page are not read
+    assert "Infobox" not in wiki["1001"]["text"] and "Region A" not in wiki["1001"]["text"]
+    assert "Take every dose at the times" in by_source["leaflets"][0]["text"]
+    assert summary["sources"]["crawl"]["format"] == "warc"
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ from moe_train.eval.routing_analysis import RoutingStats, balance_summary, js_di
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.loss import IGNORE_INDEX
 
+pytestmark = pytest.mark.slow  # trains or runs a model: not in `make test-fast`
+
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 
 

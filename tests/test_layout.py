@@ -1,4 +1,4 @@
-"""The code stays in small modules: none in pipeline/ or stages/ over 600 lines."""
+"""The code stays in small modules: none in pipeline/, stages/ or moe_train/ over 600 lines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import ROOT
 MAX_LINES = 600
 
 
-@pytest.mark.parametrize("package", ["pipeline", "stages"])
+@pytest.mark.parametrize("package", ["pipeline", "stages", "moe_train"])
 def test_no_module_over_the_line_limit(package):
     sizes = {
         path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())

@@ -50,6 +50,13 @@ IMPORT_NAMES = {
     "regex": "regex",
     "xxhash": "xxhash",
     "zstandard": "zstandard",
+    "warcio": "warcio",
+    "trafilatura": "trafilatura",
+    "pypdf": "pypdf",
+    "mwparserfromhell": "mwparserfromhell",
+    "python-docx": "docx",
+    "defusedxml": "defusedxml",
+    "lxml": "lxml",
 }
 TRAINING_ONLY = {"torch", "transformers", "safetensors"}
 
@@ -109,7 +116,9 @@ def test_every_base_dependency_is_used_and_every_import_is_declared():
     assert declared == set(IMPORT_NAMES), "update IMPORT_NAMES with the dependency's module"
     for dist, module in IMPORT_NAMES.items():
         assert module in imported | package_files, f"{dist} is a dependency but nothing uses {module}"
-    optional = {"ray"}  # `executor.kind: ray`, imported only then (the [ray] extra)
+    # imported only when configured: `executor.kind: ray` ([ray]), `extractor: resiliparse` ([resiliparse]),
+    # `train.loss_kernel` ([kernels])
+    optional = {"ray", "resiliparse", "fastwarc", "liger_kernel", "cut_cross_entropy"}
     stdlib = set(sys.stdlib_module_names) | {"pipeline", "stages", "moe_train"}
     undeclared = imported - stdlib - set(IMPORT_NAMES.values()) - TRAINING_ONLY - optional
     assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"

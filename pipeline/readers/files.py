@@ -4,6 +4,7 @@ reading, and the source root that ids and `file` columns are relative to."""
 
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import io
@@ -114,11 +115,13 @@ class _Limited(io.RawIOBase):
 
 
 def open_binary(path: Path, collect: CollectSection | None = None) -> BinaryIO:
-    """A file's decompressed bytes (.gz and .zst by suffix); truncation raises EOFError while reading,
+    """A file's decompressed bytes (.gz, .bz2 and .zst by suffix); truncation raises EOFError while reading,
     and inflating past `collect`'s per-file limits raises DecompressionLimitError."""
     fh = open(path, "rb")  # noqa: SIM115 - handed to the wrapper, closed with it
-    if path.name.endswith(".gz"):
-        stream: BinaryIO = gzip.GzipFile(fileobj=fh, mode="rb")
+    if path.name.endswith(".bz2"):
+        stream: BinaryIO = bz2.BZ2File(fh, mode="rb")
+    elif path.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=fh, mode="rb")
     elif path.name.endswith(".zst"):
         stream = io.BufferedReader(_ZstdStream(fh), buffer_size=READ_CHUNK)
     else:

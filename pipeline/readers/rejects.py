@@ -27,7 +27,10 @@ REJECT_REASONS = {
     "unreadable_file": "a file that cannot be decoded as its format (corrupt, not Parquet, ...)",
     "ragged_row": "a CSV/TSV row with more or fewer fields than the header",
     "malformed_csv": "a CSV/TSV row the csv parser refuses",
-    "malformed_xml": "a TMX file whose XML breaks; units before the break are kept",
+    "malformed_xml": "an XML file (TMX, JATS, MEDLINE, MediaWiki) whose XML breaks; items before the break are kept",
+    "unsupported_content": "a WARC response that is not an HTML page (an image, a PDF...)",
+    "no_text_layer": "a PDF page without a text layer (a scan; no OCR is run); the other pages are kept",
+    "encrypted_pdf": "an encrypted PDF that the empty password does not open",
 }
 
 

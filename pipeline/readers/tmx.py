@@ -6,6 +6,7 @@ from xml.parsers import expat
 
 from pipeline.readers.base import SourceReader
 from pipeline.readers.files import READ_CHUNK, open_binary
+from pipeline.readers.records import provenance
 from pipeline.readers.rejects import Reject
 from pipeline.schema import stable_id
 from pipeline.text.normalize import normalize_text
@@ -118,9 +119,9 @@ class TmxSourceReader(SourceReader):
                 yield Reject("too_large", f"{detail}; not read"), line, None
                 continue
             srclang = attrs.get("srclang") or parser.header_srclang
-            yield from self._unit_records(file_key, index, line, srclang, segments)
+            yield from self._unit_records(file_key, index, line, srclang, segments, attrs.get("tuid"))
 
-    def _unit_records(self, file_key, index, line, srclang, segments):
+    def _unit_records(self, file_key, index, line, srclang, segments, tuid):
         group_id = stable_id(self.source.name, file_key, "tu", str(index))
         languages: list[str | Reject] = [
             self.builder.language(raw) if raw else Reject("missing_field", "<tuv> without xml:lang")
@@ -154,5 +155,6 @@ class TmxSourceReader(SourceReader):
                 group_id=group_id,
                 origin="original" if is_source or source_language is None else "translation_memory",
                 parent_id=None if is_source else parent,
+                **provenance(tuid, file_key, index),
             )
             yield result, line, seg

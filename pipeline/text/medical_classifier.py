@@ -145,6 +145,13 @@ def _train_isolated(train_file: Path, output: Path, settings: TrainingSettings, 
         raise RuntimeError(f"fastText training on {train_file} failed:\n{result.stderr[-2000:]}")
 
 
+def train_model(train_file: Path, output: Path, seed: int, epochs: int) -> None:
+    """A fastText model from a labelled training file, trained deterministically (as the fold models)."""
+    with open(train_file, encoding="utf-8") as fh:
+        lines = sum(1 for _ in fh)
+    _train_isolated(train_file, output, TrainingSettings(0, 0, epochs, seed), epochs_for(lines, epochs))
+
+
 def _write_training_file(path: Path, medical: list, general: list, seed: int) -> int:
     """Both classes at equal weight (the smaller one repeated), in a seeded order; returns the line count."""
     size = max(len(medical), len(general))

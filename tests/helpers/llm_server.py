@@ -52,6 +52,20 @@ _TARGET = re.compile(r"Target language: [^\n]*\((?P<code>[A-Za-z-]+)\)")
 _PASSAGE = re.compile(r"<passage>\n?(?P<text>.*?)\n?</passage>", re.S)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Medical-relevance labelling (pipeline/medical_gate.py): the rubric's first words identify the request;
+# the answer is "medical" when the document uses at least two of these words, as an annotator might.
+_RELEVANCE_RUBRIC = "You judge whether a document belongs in a corpus of medical text."
+_MEDICAL_WORDS = re.compile(
+    r"\b(patients?|disease|infection|symptoms?|treatment|clinical|diagnosis|hospital|vaccine|doctor|"
+    r"medicine|therapy|fever|blood|dose|nurse|antibiotics?|chronic|surgery|health|virus|covid-19|"
+    r"coronavirus|sars-cov-2|pandemic|epidemic|outbreak|respiratory|pneumonia|immune|cough|illness|"
+    r"medical|deaths|transmission|infected|masks?|pain)\b",
+    re.I,
+)
+
+
+def medical_label(text: str) -> str:
+    return "medical" if len(set(m.lower() for m in _MEDICAL_WORDS.findall(text))) >= 2 else "not medical"
 
 
 @dataclass
@@ -217,6 +231,8 @@ class FakeLLM:
     def _answer(self, messages: list[dict]) -> str:
         system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
         user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        if _RELEVANCE_RUBRIC in system:
+            return medical_label(user)
         target = _TARGET.search(system)
         if target:
             return self.translate(user, target.group("code"))
