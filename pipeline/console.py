@@ -36,6 +36,13 @@ def _for_console(record: dict) -> bool:
     return not record["message"].startswith("No files found on ")
 
 
+def progress_bars_on() -> bool:
+    """Whether to draw progress bars: not once `progress_bars_off_unless_terminal` (or the user, with
+    TQDM_DISABLE) switched them off. Readers ask this when built, and carry the answer to the task
+    processes, because datatrove passes their `doc_progress` to tqdm explicitly."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("1", "true", "yes")
+
+
 def progress_bars_off_unless_terminal() -> bool:
     """Switch tqdm's (and the Hugging Face libraries') progress bars off when stderr is not a terminal,
     in this process (tqdm may be imported already: its bars are told `disable=True`) and in the ones it

@@ -149,11 +149,13 @@ class RecordReader(BaseDiskReader):
     columns: list[str] | None = None  # all of them
     counts_input = True  # `in/<language>`: the stage's main pass counts what it reads
 
-    def __init__(self, data_folder: str | Path, doc_progress: bool = True, **kwargs):
+    def __init__(self, data_folder: str | Path, doc_progress: bool | None = None, **kwargs):
+        from pipeline.console import progress_bars_on
+
         super().__init__(
             str(data_folder),
             glob_pattern="**/[!.]*.parquet",
-            doc_progress=doc_progress,
+            doc_progress=progress_bars_on() if doc_progress is None else doc_progress,
             add_file_path=False,
             **kwargs,
         )

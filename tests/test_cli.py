@@ -96,3 +96,22 @@ def test_own_records_reach_the_console_through_the_pipeline_logger():
     )
     assert result.returncode == 0, result.stderr
     assert "own line" in result.stderr and "datatrove line" not in result.stderr
+
+
+@pytest.mark.slow  # runs the collect stage of the demo
+def test_a_stage_run_into_a_pipe_draws_no_progress_bar(tmp_path):
+    """`medbabel run` with stderr to a pipe (a log file, CI): the readers' datatrove progress bars, drawn
+    in the task processes, stay off too."""
+    from helpers import demo_runs
+
+    config = demo_runs.make_project(tmp_path, executor={"kind": "local", "tasks": 2, "workers": 2})
+    result = subprocess.run(
+        demo_runs.stage_command("collect", config, tmp_path / "out"),
+        cwd=config.parent.parent,
+        env=demo_runs.cli_env(),
+        capture_output=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert b"[collect] in " in result.stdout
+    assert b"\r" not in result.stderr and b"Document progress" not in result.stderr

@@ -60,7 +60,9 @@ class SourceReader(RejectingReader, BaseDiskReader):
         registry: Registry,
         rejected_dir: Path,
     ):
-        super().__init__(str(root), doc_progress=True, add_file_path=False)
+        from pipeline.console import progress_bars_on
+
+        super().__init__(str(root), doc_progress=progress_bars_on(), add_file_path=False)
         self.source = source
         self.files = [str(f) for f in files]
         self.root = root
