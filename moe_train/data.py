@@ -2,24 +2,44 @@
 
 1. Selection. `manifest.json` (pipeline.manifest) lists the shard files; files are selected by split,
    language and family, rows by source type.
-2. Order. One epoch is a sequence of *rounds*. Rows are grouped by priority (`source_priorities`,
-   keyed by source name or source type; default 0) and lower priorities come first, so high-priority data
-   (say exam QA) is seen at the end of each epoch, as in the paper's priority sampling. A source with
-   `source_repeats: r` is seen r times per epoch: in repeat round j a row is used if j < floor(r), or, for
-   j = floor(r), if a seeded hash of its id falls under the fraction of r. Within a round the open shard
-   files are interleaved by seeded draws weighted by their remaining rows, so languages mix evenly.
-   Every draw is a hash of (seed, epoch, round, draw number): the order is deterministic and the stream's
-   whole position is a few integers, so training resumes mid-epoch exactly.
+2. Order (`train.sampling.mode`). Both modes are deterministic functions of (seed, epoch, draw number), so
+   the stream's whole position is a few integers and training resumes mid-epoch exactly.
+   - `weighted_shuffle` (the paper): one epoch is a weighted shuffle without replacement of every row,
+     each row repeated `source_repeats` times, with weights `source_priorities` (default 1): a higher
+     weight means *earlier* in expectation. Each draw picks the next row with probability proportional to
+     its weight, which is the sequential definition of `torch.multinomial(weights, n, replacement=False)`
+     that the original sampler uses (FreedomIntelligence/ApolloMoE,
+     src/prepare/data_process_train_prodata_qwen2_language_family.py, `WeightedRandomSampler`). Rows are
+     grouped into *lanes* (shard file x weight x repeat pass); a draw picks a lane with probability
+     weight x rows left in it, then the lane's next row in file order. So which weight class comes next
+     is distributed exactly as in the original; within a lane rows keep their file order (the original
+     permutes them uniformly; medbabel reads Parquet sequentially).
+   - `phases`: one epoch is a sequence of *rounds*, lower `source_priorities` first (default 0), so
+     high-priority data is seen at the *end* of each epoch: a hard curriculum, the reverse of the paper's
+     soft one. Within a round the open shard files are interleaved by seeded draws weighted by their
+     remaining rows.
+   In both, a source with `source_repeats: r` is seen r times per epoch: in repeat pass j a row is used if
+   j < floor(r), or, for j = floor(r), if a seeded hash of its id falls under the fraction of r. Keys of
+   `source_priorities` / `source_repeats` are a source name, a source type, or a glob (`medical*_qa`).
 3. Documents. `messages` rows are rendered with the chat template (default the paper's
    `User:{q}\\nAssistant:{a}<|endoftext|>`): everything from `{a}` on is trained, the prompt is not.
    Plain-text rows are trained on every token and end with `<|endoftext|>`. Text inside records is
    tokenised with special tokens split, so a record cannot inject control tokens.
-4. Packing. Documents are concatenated into rows of exactly `seq_len` tokens; a document that does not
-   fit is split and continues in the next row. Position ids restart at 0 at each document (and each row),
-   and attention never crosses documents (see moe_train.attention). Each token carries its document's
-   family expert id (for hybrid routing) and language index (for per-language validation loss).
+4. Packing (`train.packing`). Documents are placed into rows of exactly `seq_len` tokens.
+   - Chat examples are never split (`chat: whole`, as the original): one that does not fit the rest of a
+     row waits for the next row while later documents that fit fill the gap (up to `lookahead` waiting
+     examples; `lookahead: 0` is the original's rule: the row is padded and the example starts the next).
+     One longer than `seq_len` is truncated to its first `seq_len` tokens, keeping its prompt and the
+     start of its answer (`overlong: truncate`), or left out (`overlong: skip`); a prompt that fills the
+     whole row leaves nothing to train and is skipped. Both are counted.
+   - Plain text continues across rows (pretraining style): the rest of a document that does not fit
+     starts the next row as a new document, without attention to its first part.
+   Position ids restart at 0 at each document and attention never crosses documents (see
+   moe_train.attention), unless `cross_document_attention: true` (the original: one causal mask and one
+   position count per row). Each token carries its document's family expert id (for hybrid routing) and
+   language index (for per-language validation loss). `PackingStats` counts what the packer did.
 
-Memory is independent of corpus size: one small record batch per open shard file.
+Memory is independent of corpus size: one small record batch per open shard file (per lane).
 """
 
 from __future__ import annotations
@@ -29,8 +49,10 @@ import math
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -49,6 +71,9 @@ class DataError(ValueError):
     """The data selection or a record cannot be used for training; the message says which and why."""
 
 
+SamplingMode = Literal["phases", "weighted_shuffle"]
+
+
 @dataclass(frozen=True)
 class DataSelection:
     """Which shard rows to train on and how to order them (built from the train config section)."""
@@ -61,6 +86,7 @@ class DataSelection:
     source_priorities: dict[str, float] = field(default_factory=dict)
     source_repeats: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    sampling: SamplingMode = "phases"
 
     def files(self) -> list[ShardFile]:
         manifest = load_manifest(self.shards_dir)
@@ -68,16 +94,42 @@ class DataSelection:
         return sorted((f for f in files if f.rows > 0), key=lambda f: f.path)
 
     def priority(self, source: str, source_type: str) -> float:
-        return self.source_priorities.get(source, self.source_priorities.get(source_type, 0.0))
+        """The row's phase (`phases`, default 0) or weight (`weighted_shuffle`, default 1)."""
+        default = 1.0 if self.sampling == "weighted_shuffle" else 0.0
+        return float(source_value(self.source_priorities, source, source_type, default))
 
     def repeats(self, source: str, source_type: str) -> float:
-        return self.source_repeats.get(source, self.source_repeats.get(source_type, 1.0))
+        return float(source_value(self.source_repeats, source, source_type, 1.0))
 
     def rounds(self) -> list[tuple[float, int]]:
-        """(priority, repeat index) of each round of an epoch, in order."""
+        """(priority, repeat index) of each round of an epoch, in order (`phases`)."""
         priorities = sorted({0.0, *map(float, self.source_priorities.values())})
         n_repeats = max(1, math.ceil(max(self.source_repeats.values(), default=1.0)))
         return [(p, j) for p in priorities for j in range(n_repeats)]
+
+    def repeat_passes(self, row: dict, epoch: int) -> list[int]:
+        """The repeat passes of an epoch in which `row` is used (0, 1, .. for whole repeats, then the
+        fraction by a seeded hash of the row id)."""
+        repeats = self.repeats(row.get("source") or "", row.get("source_type") or "")
+        whole = math.floor(repeats)
+        passes = list(range(whole))
+        if repeats > whole and _uniform(self.seed, "repeat", epoch, row["id"]) < repeats - whole:
+            passes.append(whole)
+        return passes
+
+
+def source_value(table: dict[str, float], source: str, source_type: str, default: float) -> float:
+    """The value for a row: by source name, then source type, then the first matching glob key."""
+    if source in table:
+        return table[source]
+    if source_type in table:
+        return table[source_type]
+    for pattern, value in table.items():
+        if any(c in pattern for c in "*?[") and (
+            fnmatchcase(source, pattern) or fnmatchcase(source_type, pattern)
+        ):
+            return value
+    return default
 
 
 def _uniform(*key: object) -> float:
@@ -96,6 +148,13 @@ class Document:
     labels: list[int]  # next-token targets, already shifted; IGNORE_INDEX where not trained
     expert_id: int
     language: str
+    kind: str = "text"  # "chat" (a messages row: never split) or "text" (may continue in the next row)
+    prompt_len: int = 0  # chat: tokens before the first trained one (the whole first prompt)
+    offset: int = 0  # where this piece starts in its document (> 0: a continuation)
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
 class DocumentTokenizer:
@@ -159,7 +218,8 @@ class DocumentTokenizer:
                 continue
             tokens: list[int] = []
             trained: list[bool] = []
-            if plan[0][0] == "text":
+            doc_kind = "text" if plan[0][0] == "text" else "chat"
+            if doc_kind == "text":
                 ids = [*encoded[plan[0][1]], self.eos_id]
                 tokens, trained = ids, [True] * len(ids)
             else:
@@ -177,8 +237,16 @@ class DocumentTokenizer:
                 IGNORE_INDEX
             ]
             expert = row.get("expert_id")
+            prompt_len = trained.index(True) if doc_kind == "chat" and True in trained else 0
             docs.append(
-                Document(tokens, labels, NO_EXPERT if expert is None else int(expert), row["language"])
+                Document(
+                    tokens,
+                    labels,
+                    NO_EXPERT if expert is None else int(expert),
+                    row["language"],
+                    kind=doc_kind,
+                    prompt_len=prompt_len,
+                )
             )
         return docs
 
@@ -250,7 +318,7 @@ class _ShardCursor:
 
 
 class DocumentStream:
-    """Deterministic, resumable stream of Documents over a DataSelection (see module docstring).
+    """`phases` order: deterministic, resumable stream of Documents over a DataSelection (module docstring).
 
     `state()` is a small JSON-able dict; `DocumentStream(..., state=s)` continues right after it.
     """
@@ -321,13 +389,9 @@ class DocumentStream:
         if sel.source_types and row.get("source_type") not in sel.source_types:
             return False
         priority, repeat_index = self.rounds[self.round]
-        if sel.priority(row.get("source", ""), row.get("source_type", "")) != priority:
+        if sel.priority(row.get("source") or "", row.get("source_type") or "") != priority:
             return False
-        repeats = sel.repeats(row.get("source", ""), row.get("source_type", ""))
-        whole = math.floor(repeats)
-        if repeat_index < whole:
-            return True
-        return repeat_index == whole and _uniform(sel.seed, "repeat", self.epoch, row["id"]) < repeats - whole
+        return repeat_index in sel.repeat_passes(row, self.epoch)
 
     def _next_round(self) -> None:
         self.cursors = [0] * len(self.files)
@@ -351,6 +415,162 @@ def _weighted_pick(weights: list[int], target: float) -> int:
     return max(i for i, w in enumerate(weights) if w > 0)
 
 
+@dataclass(frozen=True)
+class _Lane:
+    """The rows of one shard file with one weight used in one repeat pass."""
+
+    file_index: int
+    weight: float
+    repeat_pass: int
+    rows: int
+
+    def key(self, path: str) -> str:
+        return f"{path}#{self.weight!r}#{self.repeat_pass}"
+
+
+class WeightedShuffleStream:
+    """`weighted_shuffle` order: a resumable weighted shuffle without replacement (module docstring).
+
+    Each draw takes lane i with probability w_i * left_i / sum_j w_j * left_j: every row left has
+    probability proportional to its weight, as in torch.multinomial without replacement. Counting the
+    lanes reads the id, source and source_type columns of the selected files once per epoch.
+    """
+
+    def __init__(
+        self,
+        selection: DataSelection,
+        doc_tokenizer: DocumentTokenizer,
+        epochs: int | None = None,
+        state: dict | None = None,
+    ):
+        self.selection = selection
+        self.doc_tokenizer = doc_tokenizer
+        self.epochs = epochs
+        self.files = selection.files()
+        if not self.files:
+            raise DataError(
+                f"{selection.shards_dir}: no shard files for split={selection.split!r}, "
+                f"languages={list(selection.languages) or 'all'}, families={list(selection.families) or 'all'}"
+            )
+        bad = {k: v for k, v in selection.source_priorities.items() if v < 0}
+        if bad:
+            raise DataError(f"train.source_priorities: weighted_shuffle weights must be >= 0, got {bad}")
+        state = state or {}
+        self.epoch = state.get("epoch", 0)
+        self.draws = state.get("draws", 0)
+        self._docs_this_epoch = state.get("docs_this_epoch", 0)
+        self._weights: dict[tuple[str, str], float] = {}
+        self._open_epoch(state.get("lanes", {}))
+
+    def _row_weight(self, row: dict) -> float:
+        key = (row.get("source") or "", row.get("source_type") or "")
+        if key not in self._weights:
+            self._weights[key] = self.selection.priority(*key)
+        return self._weights[key]
+
+    def _row_lanes(self, row: dict) -> list[tuple[float, int]]:
+        """(weight, repeat pass) of every lane `row` belongs to this epoch."""
+        sel = self.selection
+        if sel.source_types and row.get("source_type") not in sel.source_types:
+            return []
+        weight = self._row_weight(row)
+        if weight <= 0:
+            return []
+        return [(weight, j) for j in sel.repeat_passes(row, self.epoch)]
+
+    def _open_epoch(self, lane_state: dict) -> None:
+        counts: dict[tuple[int, float, int], int] = {}
+        for index, f in enumerate(self.files):
+            path = self.selection.shards_dir / f.path
+            try:
+                columns = [c for c in ("id", "source", "source_type") if c in pq.read_schema(path).names]
+                rows = pq.read_table(path, columns=columns).to_pylist()
+            except Exception as exc:
+                raise DataError(f"{path}: cannot read shard: {exc}") from None
+            for row in rows:
+                for weight, j in self._row_lanes(row):
+                    counts[index, weight, j] = counts.get((index, weight, j), 0) + 1
+        self.lanes = [_Lane(i, w, j, n) for (i, w, j), n in sorted(counts.items())]
+        saved = [lane_state.get(lane.key(self.files[lane.file_index].path)) for lane in self.lanes]
+        self.cursors = [s[0] if s else 0 for s in saved]
+        self.taken = [s[1] if s else 0 for s in saved]
+        self._readers = [
+            _ShardCursor(self.selection.shards_dir / self.files[lane.file_index].path, lane.rows)
+            for lane in self.lanes
+        ]
+
+    def state(self) -> dict:
+        lanes = {
+            lane.key(self.files[lane.file_index].path): [cursor, taken]
+            for lane, cursor, taken in zip(self.lanes, self.cursors, self.taken, strict=True)
+            if taken
+        }
+        return {
+            "epoch": self.epoch,
+            "draws": self.draws,
+            "lanes": lanes,
+            "docs_this_epoch": self._docs_this_epoch,
+        }
+
+    def __iter__(self) -> Iterator[Document]:
+        return self
+
+    def __next__(self) -> Document:
+        while True:
+            if self.epochs is not None and self.epoch >= self.epochs:
+                raise StopIteration
+            weights = [lane.weight * (lane.rows - t) for lane, t in zip(self.lanes, self.taken, strict=True)]
+            total = sum(weights)
+            if total <= 0:
+                self._next_epoch()
+                continue
+            u = _uniform(self.selection.seed, "weighted_shuffle", self.epoch, self.draws)
+            self.draws += 1
+            index = _weighted_pick(weights, u * total)
+            row = self._take(index)
+            doc = self.doc_tokenizer.documents([row])[0]
+            if doc is None or len(doc.tokens) < 2:
+                continue
+            self._docs_this_epoch += 1
+            return doc
+
+    def _take(self, index: int) -> dict:
+        """The next row of lane `index` in its file."""
+        lane = self.lanes[index]
+        wanted = (lane.weight, lane.repeat_pass)
+        reader = self._readers[index]
+        position = self.cursors[index]
+        while True:
+            for row in reader.rows_at(position):
+                position += 1
+                if wanted in self._row_lanes(row):
+                    self.cursors[index] = position
+                    self.taken[index] += 1
+                    if self.taken[index] == lane.rows:
+                        reader.close()
+                    return row
+
+    def _next_epoch(self) -> None:
+        if self._docs_this_epoch == 0:
+            raise DataError(
+                f"{self.selection.shards_dir}: no usable documents in split {self.selection.split!r} "
+                "after the source-type filter and the weights"
+            )
+        self.epoch, self.draws, self._docs_this_epoch = self.epoch + 1, 0, 0
+        self._open_epoch({})
+
+
+def open_stream(
+    selection: DataSelection,
+    doc_tokenizer: DocumentTokenizer,
+    epochs: int | None = None,
+    state: dict | None = None,
+) -> DocumentStream | WeightedShuffleStream:
+    """The document stream of `selection.sampling`."""
+    kind = WeightedShuffleStream if selection.sampling == "weighted_shuffle" else DocumentStream
+    return kind(selection, doc_tokenizer, epochs=epochs, state=state)
+
+
 # --------------------------------------------------------------------------------------------------
 # Packing
 
@@ -362,38 +582,103 @@ class PackedSequence:
     position_ids: np.ndarray  # (seq_len,) int64, restarting at 0 per document
     expert_ids: np.ndarray  # (seq_len,) int64, NO_EXPERT for padding
     language_ids: np.ndarray  # (seq_len,) int64 index into the language list, -1 for padding
-    doc_lengths: list[int]
+    doc_lengths: list[int]  # the attention blocks: documents, then padding
+
+
+@dataclass
+class PackingStats:
+    """What the packer did, cumulative over a run (part of its resumable state)."""
+
+    examples: int = 0  # documents packed (a continued text document counts once)
+    chat_examples: int = 0
+    truncated: int = 0  # chat examples longer than seq_len, cut to their prompt and answer start
+    skipped: int = 0  # chat examples left out (overlong: skip, or a prompt filling the whole row)
+    continued: int = 0  # pieces that continue a document from an earlier row
+    rows: int = 0
+    tokens: int = 0
+    padding: int = 0
+    trained: int = 0
+    trained_without_prompt: int = 0  # chat tokens trained in a row that lacks their prompt (split mode)
+    trained_in_continuations: int = 0  # text tokens trained in a row that lacks the text's start
+
+    def summary(self) -> dict:
+        """The counts plus the padding share and the shares of trained tokens without their context."""
+        trained = max(self.trained, 1)
+        return {
+            **asdict(self),
+            "padding_share": self.padding / max(self.tokens, 1),
+            "trained_without_prompt_share": self.trained_without_prompt / trained,
+            "trained_in_continuations_share": self.trained_in_continuations / trained,
+        }
+
+
+PackingChat = Literal["whole", "split"]
+PackingOverlong = Literal["truncate", "skip"]
 
 
 class SequencePacker:
-    """Packs a DocumentStream into fixed-length rows; resumable through `state()`."""
+    """Packs a document stream into fixed-length rows; resumable through `state()` (module docstring).
+
+    `chat`: "whole" never splits a chat example (the default and the original), "split" treats chat like
+    text (the behaviour before whole-example packing; for measurements). `lookahead`: how many examples
+    may wait for a later row while shorter ones fill the current one (0: pad the row at once).
+    """
 
     def __init__(
         self,
-        stream: DocumentStream,
+        stream: DocumentStream | WeightedShuffleStream,
         seq_len: int,
         languages: list[str],
         pad_id: int,
         state: dict | None = None,
+        chat: PackingChat = "whole",
+        overlong: PackingOverlong = "truncate",
+        lookahead: int = 8,
+        cross_document_attention: bool = False,
     ):
         self.stream = stream
         self.seq_len = seq_len
         self.language_index = {code: i for i, code in enumerate(languages)}
         self.pad_id = pad_id
-        pending = (state or {}).get("pending")
-        self._pending = Document(**pending) if pending else None
-        self.sequences = (state or {}).get("sequences", 0)
+        self.chat = chat
+        self.overlong = overlong
+        self.lookahead = lookahead
+        self.cross_document_attention = cross_document_attention
+        state = state or {}
+        pending = state.get("pending") or []
+        if isinstance(pending, dict):  # a checkpoint from before whole-example packing: one split document
+            pending = [pending]
+        self._pending = [Document(**doc) for doc in pending]
+        self.sequences = state.get("sequences", 0)
+        self.stats = PackingStats(**state.get("stats", {}))
 
     def state(self) -> dict:
-        pending = self._pending
         return {
             "stream": self.stream.state(),
-            "pending": None if pending is None else pending.__dict__.copy(),
+            "pending": [doc.__dict__.copy() for doc in self._pending],
             "sequences": self.sequences,
+            "stats": asdict(self.stats),
         }
 
     def __iter__(self) -> Iterator[PackedSequence]:
         return self
+
+    def _next_document(self) -> Document | None:
+        """The stream's next document, over-long chat examples truncated or skipped (None: stream ended)."""
+        n = self.seq_len
+        for doc in self.stream:
+            if doc.kind != "chat" or self.chat == "split" or len(doc.tokens) <= n:
+                return doc
+            if self.overlong == "truncate" and any(label != IGNORE_INDEX for label in doc.labels[:n]):
+                self.stats.truncated += 1
+                return Document(
+                    doc.tokens[:n], doc.labels[:n], doc.expert_id, doc.language, "chat", doc.prompt_len
+                )
+            self.stats.skipped += 1
+        return None
+
+    def _splittable(self, doc: Document) -> bool:
+        return doc.kind == "text" or self.chat == "split"
 
     def __next__(self) -> PackedSequence:
         n = self.seq_len
@@ -404,16 +689,20 @@ class SequencePacker:
         languages = np.full(n, -1, dtype=np.int64)
         lengths: list[int] = []
         filled = 0
+        stats = self.stats
         while filled < n:
-            doc = self._pending or next(self.stream, None)
-            self._pending = None
-            if doc is None:  # a finite stream ran out: pad the rest as its own (untrained) document
-                if filled == 0:
-                    raise StopIteration
-                positions[filled:] = np.arange(n - filled)
-                lengths.append(n - filled)
-                break
-            take = min(len(doc.tokens), n - filled)
+            room = n - filled
+            index = next(
+                (i for i, d in enumerate(self._pending) if self._splittable(d) or len(d.tokens) <= room), None
+            )
+            if index is None:
+                doc = None if len(self._pending) > self.lookahead else self._next_document()
+                if doc is None:  # nothing fits and nothing more may wait, or the stream ended: pad
+                    break
+                self._pending.append(doc)
+                continue
+            doc = self._pending.pop(index)
+            take = min(len(doc.tokens), room)
             span = slice(filled, filled + take)
             input_ids[span] = doc.tokens[:take]
             labels[span] = doc.labels[:take]
@@ -422,8 +711,39 @@ class SequencePacker:
             languages[span] = self.language_index.get(doc.language, -1)
             lengths.append(take)
             filled += take
-            if take < len(doc.tokens):  # the rest continues in the next row as a new document
-                self._pending = Document(doc.tokens[take:], doc.labels[take:], doc.expert_id, doc.language)
+            trained = int((labels[span] != IGNORE_INDEX).sum())
+            stats.trained += trained
+            if doc.offset == 0:
+                stats.examples += 1
+                stats.chat_examples += doc.kind == "chat"
+            else:
+                stats.continued += 1
+                if doc.kind == "chat":
+                    stats.trained_without_prompt += trained
+                else:
+                    stats.trained_in_continuations += trained
+            if take < len(doc.tokens):  # text: the rest starts the next row as a new document
+                rest = Document(
+                    doc.tokens[take:],
+                    doc.labels[take:],
+                    doc.expert_id,
+                    doc.language,
+                    doc.kind,
+                    doc.prompt_len,
+                    doc.offset + take,
+                )
+                self._pending.insert(index, rest)
+        if filled == 0:
+            raise StopIteration
+        if filled < n:  # padding: its own (untrained) attention block
+            positions[filled:] = np.arange(n - filled)
+            lengths.append(n - filled)
+        if self.cross_document_attention:  # the original: one block and one position count per row
+            positions[:filled] = np.arange(filled)
+            lengths = [filled] + ([n - filled] if filled < n else [])
+        stats.rows += 1
+        stats.tokens += n
+        stats.padding += n - filled
         self.sequences += 1
         return PackedSequence(input_ids, labels, positions, experts, languages, lengths)
 
