@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from conftest import record
 
-from moe_train.model import no_shared_expert_warning
+from moe_train.upcycle import no_shared_expert_warning
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
 from pipeline.registry import load_registry
 from pipeline.schema import empty_record, rows_to_table

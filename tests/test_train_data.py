@@ -122,7 +122,7 @@ def test_no_attention_across_documents_in_a_packed_row():
     """Changing document A's tokens leaves document B's logits unchanged (SDPA with the packing mask)."""
     from test_upcycle import small_dense
 
-    from moe_train.model import upcycle
+    from moe_train.upcycle import upcycle
 
     model = upcycle(small_dense(), 7).eval()
     positions = torch.tensor([list(range(10)) + list(range(14))])

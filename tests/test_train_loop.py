@@ -15,8 +15,8 @@ import yaml
 from train_shards import write_shards
 
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
-from moe_train.model import no_shared_expert_warning
 from moe_train.train import NonFiniteLossError, Trainer, lr_factor, no_decay
+from moe_train.upcycle import no_shared_expert_warning
 from pipeline.config import TrainSection, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
