@@ -197,8 +197,8 @@ def evaluated_run(tmp_root: Path, shared_data: Path) -> tuple[Path, Path]:
             "batch_size": 8,
             "valid_max_docs_per_language": 2,
             "valid_max_tokens": 48,
-            "spread_seq_len": 32,
         },
+        "experiments": {"spread": {"seq_len": 32}},
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
