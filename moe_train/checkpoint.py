@@ -112,20 +112,23 @@ def export_model(
     eos_token_ids: list[int],
     pad_token_id: int,
 ) -> Path:
-    """Write a stock Qwen2-MoE checkpoint (safetensors, config, tokenizer, generation config) atomically."""
+    """Write a stock Qwen2-MoE (or, for the dense baseline, Qwen2) checkpoint (safetensors, config,
+    tokenizer, generation config) atomically."""
     from transformers import GenerationConfig
 
-    from moe_train.upcycle import complete_state_dict, new_moe_model
+    from moe_train.upcycle import complete_state_dict, new_model
 
     config = config.__class__.from_dict(config.to_dict())
     config.eos_token_id = eos_token_ids[0]
     config.pad_token_id = pad_token_id
-    model = new_moe_model(config, device="meta")
+    model = new_model(config, device="meta")
     state = complete_state_dict(config, model_state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"export: state dict does not fit Qwen2MoeForCausalLM: {missing=} {unexpected=}")
+        raise RuntimeError(
+            f"export: state dict does not fit {type(model).__name__}: {missing=} {unexpected=}"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)

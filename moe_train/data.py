@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -61,6 +61,9 @@ import torch
 from moe_train.loss import IGNORE_INDEX
 from moe_train.routing import NO_EXPERT
 from pipeline.manifest import ShardFile, load_manifest
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainSection
 
 EOS_TOKEN = "<|endoftext|>"
 READ_BATCH_ROWS = 256
@@ -87,6 +90,21 @@ class DataSelection:
     source_repeats: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     sampling: SamplingMode = "phases"
+
+    @classmethod
+    def for_training(cls, shards_dir: Path, cfg: TrainSection, seed: int) -> DataSelection:
+        """The train split as `cfg` (the train config section) selects and orders it."""
+        return cls(
+            shards_dir=Path(shards_dir),
+            split="train",
+            languages=tuple(cfg.languages),
+            families=tuple(cfg.families),
+            source_types=tuple(cfg.source_types),
+            source_priorities=dict(cfg.source_priorities),
+            source_repeats=dict(cfg.source_repeats),
+            seed=seed,
+            sampling=cfg.sampling.mode,
+        )
 
     def files(self) -> list[ShardFile]:
         manifest = load_manifest(self.shards_dir)
