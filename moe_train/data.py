@@ -20,7 +20,8 @@
      remaining rows.
    In both, a source with `source_repeats: r` is seen r times per epoch: in repeat pass j a row is used if
    j < floor(r), or, for j = floor(r), if a seeded hash of its id falls under the fraction of r. Keys of
-   `source_priorities` / `source_repeats` are a source name, a source type, or a glob (`medical*_qa`).
+   `source_priorities` / `source_repeats` are a source name, a source type, an origin (`rewritten`), or a
+   glob over them (`medical*`).
 3. Documents. `messages` rows are rendered with the chat template (default the paper's
    `User:{q}\\nAssistant:{a}<|endoftext|>`): everything from `{a}` on is trained, the prompt is not.
    Plain-text rows are trained on every token and end with `<|endoftext|>`. Text inside records is
@@ -67,7 +68,8 @@ if TYPE_CHECKING:
 
 EOS_TOKEN = "<|endoftext|>"
 READ_BATCH_ROWS = 256
-_COLUMNS = ("id", "text", "messages", "language", "source", "source_type", "expert_id")
+_COLUMNS = ("id", "text", "messages", "language", "source", "source_type", "origin", "expert_id")
+_ORDER_COLUMNS = ("id", "source", "source_type", "origin")  # what the order of a row depends on
 
 
 class DataError(ValueError):
@@ -111,13 +113,13 @@ class DataSelection:
         files = manifest.select(self.split, list(self.languages) or None, list(self.families) or None)
         return sorted((f for f in files if f.rows > 0), key=lambda f: f.path)
 
-    def priority(self, source: str, source_type: str) -> float:
+    def priority(self, row: dict) -> float:
         """The row's phase (`phases`, default 0) or weight (`weighted_shuffle`, default 1)."""
         default = 1.0 if self.sampling == "weighted_shuffle" else 0.0
-        return float(source_value(self.source_priorities, source, source_type, default))
+        return float(source_value(self.source_priorities, row, default))
 
-    def repeats(self, source: str, source_type: str) -> float:
-        return float(source_value(self.source_repeats, source, source_type, 1.0))
+    def repeats(self, row: dict) -> float:
+        return float(source_value(self.source_repeats, row, 1.0))
 
     def rounds(self) -> list[tuple[float, int]]:
         """(priority, repeat index) of each round of an epoch, in order (`phases`)."""
@@ -128,7 +130,7 @@ class DataSelection:
     def repeat_passes(self, row: dict, epoch: int) -> list[int]:
         """The repeat passes of an epoch in which `row` is used (0, 1, .. for whole repeats, then the
         fraction by a seeded hash of the row id)."""
-        repeats = self.repeats(row.get("source") or "", row.get("source_type") or "")
+        repeats = self.repeats(row)
         whole = math.floor(repeats)
         passes = list(range(whole))
         if repeats > whole and _uniform(self.seed, "repeat", epoch, row["id"]) < repeats - whole:
@@ -136,16 +138,15 @@ class DataSelection:
         return passes
 
 
-def source_value(table: dict[str, float], source: str, source_type: str, default: float) -> float:
-    """The value for a row: by source name, then source type, then the first matching glob key."""
-    if source in table:
-        return table[source]
-    if source_type in table:
-        return table[source_type]
+def source_value(table: dict[str, float], row: dict, default: float) -> float:
+    """The value for a row: by source name, then source type, then origin (`rewritten`: the Apollo QA
+    recipe's output), then the first glob key matching any of them."""
+    names = [row.get(key) or "" for key in ("source", "source_type", "origin")]
+    for name in names:
+        if name in table:
+            return table[name]
     for pattern, value in table.items():
-        if any(c in pattern for c in "*?[") and (
-            fnmatchcase(source, pattern) or fnmatchcase(source_type, pattern)
-        ):
+        if any(c in pattern for c in "*?[") and any(fnmatchcase(name, pattern) for name in names):
             return value
     return default
 
@@ -407,7 +408,7 @@ class DocumentStream:
         if sel.source_types and row.get("source_type") not in sel.source_types:
             return False
         priority, repeat_index = self.rounds[self.round]
-        if sel.priority(row.get("source") or "", row.get("source_type") or "") != priority:
+        if sel.priority(row) != priority:
             return False
         return repeat_index in sel.repeat_passes(row, self.epoch)
 
@@ -477,13 +478,13 @@ class WeightedShuffleStream:
         self.epoch = state.get("epoch", 0)
         self.draws = state.get("draws", 0)
         self._docs_this_epoch = state.get("docs_this_epoch", 0)
-        self._weights: dict[tuple[str, str], float] = {}
+        self._weights: dict[tuple[str, ...], float] = {}
         self._open_epoch(state.get("lanes", {}))
 
     def _row_weight(self, row: dict) -> float:
-        key = (row.get("source") or "", row.get("source_type") or "")
+        key = tuple(row.get(column) or "" for column in _ORDER_COLUMNS[1:])
         if key not in self._weights:
-            self._weights[key] = self.selection.priority(*key)
+            self._weights[key] = self.selection.priority(row)
         return self._weights[key]
 
     def _row_lanes(self, row: dict) -> list[tuple[float, int]]:
@@ -501,7 +502,7 @@ class WeightedShuffleStream:
         for index, f in enumerate(self.files):
             path = self.selection.shards_dir / f.path
             try:
-                columns = [c for c in ("id", "source", "source_type") if c in pq.read_schema(path).names]
+                columns = [c for c in _ORDER_COLUMNS if c in pq.read_schema(path).names]
                 rows = pq.read_table(path, columns=columns).to_pylist()
             except Exception as exc:
                 raise DataError(f"{path}: cannot read shard: {exc}") from None
