@@ -10,9 +10,9 @@
      its weight, which is the sequential definition of `torch.multinomial(weights, n, replacement=False)`
      that the original sampler uses (FreedomIntelligence/ApolloMoE,
      src/prepare/data_process_train_prodata_qwen2_language_family.py, `WeightedRandomSampler`). Rows are
-     grouped into *lanes* (shard file x weight x repeat pass); a draw picks a lane with probability
-     weight x rows left in it, then the lane's next row in file order. So which weight class comes next
-     is distributed exactly as in the original; within a lane rows keep their file order (the original
+     grouped into *lanes* (shard file x source x repeat pass); a draw picks a lane with probability
+     weight x rows left in it, then the lane's next row in file order. So which source comes next is
+     distributed exactly as in the original; within a lane rows keep their file order (the original
      permutes them uniformly; medbabel reads Parquet sequentially).
    - `phases`: one epoch is a sequence of *rounds*, lower `source_priorities` first (default 0), so
      high-priority data is seen at the *end* of each epoch: a hard curriculum, the reverse of the paper's
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
 EOS_TOKEN = "<|endoftext|>"
 READ_BATCH_ROWS = 256
+LANE_READ_ROWS = 64  # a weighted shuffle keeps one reader per (file, source, repeat pass)
 _COLUMNS = ("id", "text", "messages", "language", "source", "source_type", "origin", "expert_id")
 _ORDER_COLUMNS = ("id", "source", "source_type", "origin")  # what the order of a row depends on
 
@@ -295,9 +296,10 @@ def _turns(messages) -> list[tuple[str, str]] | None:
 class _ShardCursor:
     """Reads one shard file's rows from a position, a record batch at a time."""
 
-    def __init__(self, path: Path, rows: int):
+    def __init__(self, path: Path, rows: int, batch_rows: int = READ_BATCH_ROWS):
         self.path = path
         self.rows = rows
+        self.batch_rows = batch_rows
         self._file: pq.ParquetFile | None = None
         self._buffer: list[dict] = []
         self._buffer_start = 0
@@ -323,7 +325,7 @@ class _ShardCursor:
             n = meta.row_group(group).num_rows
             if position < start + n:
                 table = self._file.read_row_group(group, columns=columns)
-                end = min(position - start + READ_BATCH_ROWS, n)
+                end = min(position - start + self.batch_rows, n)
                 self._buffer = table.slice(position - start, end - (position - start)).to_pylist()
                 self._buffer_start = position
                 return
@@ -436,15 +438,16 @@ def _weighted_pick(weights: list[int], target: float) -> int:
 
 @dataclass(frozen=True)
 class _Lane:
-    """The rows of one shard file with one weight used in one repeat pass."""
+    """The rows of one source (source, source_type, origin) in one shard file used in one repeat pass."""
 
     file_index: int
-    weight: float
+    group: tuple[str, ...]
     repeat_pass: int
+    weight: float
     rows: int
 
     def key(self, path: str) -> str:
-        return f"{path}#{self.weight!r}#{self.repeat_pass}"
+        return "#".join([path, *self.group, str(self.repeat_pass)])
 
 
 class WeightedShuffleStream:
@@ -478,27 +481,23 @@ class WeightedShuffleStream:
         self.epoch = state.get("epoch", 0)
         self.draws = state.get("draws", 0)
         self._docs_this_epoch = state.get("docs_this_epoch", 0)
-        self._weights: dict[tuple[str, ...], float] = {}
+        self._weights: dict[tuple[str, ...], float] = {}  # source group -> weight
         self._open_epoch(state.get("lanes", {}))
 
-    def _row_weight(self, row: dict) -> float:
-        key = tuple(row.get(column) or "" for column in _ORDER_COLUMNS[1:])
-        if key not in self._weights:
-            self._weights[key] = self.selection.priority(row)
-        return self._weights[key]
-
-    def _row_lanes(self, row: dict) -> list[tuple[float, int]]:
-        """(weight, repeat pass) of every lane `row` belongs to this epoch."""
+    def _row_lanes(self, row: dict) -> list[tuple[tuple[str, ...], int]]:
+        """(source group, repeat pass) of every lane `row` belongs to this epoch."""
         sel = self.selection
         if sel.source_types and row.get("source_type") not in sel.source_types:
             return []
-        weight = self._row_weight(row)
-        if weight <= 0:
+        group = tuple(row.get(column) or "" for column in _ORDER_COLUMNS[1:])
+        if group not in self._weights:
+            self._weights[group] = sel.priority(row)
+        if self._weights[group] <= 0:
             return []
-        return [(weight, j) for j in sel.repeat_passes(row, self.epoch)]
+        return [(group, j) for j in sel.repeat_passes(row, self.epoch)]
 
     def _open_epoch(self, lane_state: dict) -> None:
-        counts: dict[tuple[int, float, int], int] = {}
+        counts: dict[tuple[int, tuple[str, ...], int], int] = {}
         for index, f in enumerate(self.files):
             path = self.selection.shards_dir / f.path
             try:
@@ -507,14 +506,16 @@ class WeightedShuffleStream:
             except Exception as exc:
                 raise DataError(f"{path}: cannot read shard: {exc}") from None
             for row in rows:
-                for weight, j in self._row_lanes(row):
-                    counts[index, weight, j] = counts.get((index, weight, j), 0) + 1
-        self.lanes = [_Lane(i, w, j, n) for (i, w, j), n in sorted(counts.items())]
+                for group, j in self._row_lanes(row):
+                    counts[index, group, j] = counts.get((index, group, j), 0) + 1
+        self.lanes = [_Lane(i, g, j, self._weights[g], n) for (i, g, j), n in sorted(counts.items())]
         saved = [lane_state.get(lane.key(self.files[lane.file_index].path)) for lane in self.lanes]
         self.cursors = [s[0] if s else 0 for s in saved]
         self.taken = [s[1] if s else 0 for s in saved]
         self._readers = [
-            _ShardCursor(self.selection.shards_dir / self.files[lane.file_index].path, lane.rows)
+            _ShardCursor(
+                self.selection.shards_dir / self.files[lane.file_index].path, lane.rows, LANE_READ_ROWS
+            )
             for lane in self.lanes
         ]
 
@@ -556,7 +557,7 @@ class WeightedShuffleStream:
     def _take(self, index: int) -> dict:
         """The next row of lane `index` in its file."""
         lane = self.lanes[index]
-        wanted = (lane.weight, lane.repeat_pass)
+        wanted = (lane.group, lane.repeat_pass)
         reader = self._readers[index]
         position = self.cursors[index]
         while True:
