@@ -768,6 +768,29 @@ class SequencePacker:
         return PackedSequence(input_ids, labels, positions, experts, languages, lengths)
 
 
+def training_packer(
+    selection: DataSelection,
+    doc_tokenizer: DocumentTokenizer,
+    cfg: TrainSection,
+    languages: list[str],
+    state: dict | None = None,
+) -> SequencePacker:
+    """The training rows: `selection`'s stream packed as `cfg.packing` says, resumed from `state`."""
+    stream = open_stream(selection, doc_tokenizer, state=(state or {}).get("stream"))
+    packing = cfg.packing
+    return SequencePacker(
+        stream,
+        cfg.seq_len,
+        languages,
+        doc_tokenizer.eos_id,
+        state=state,
+        chat=packing.chat,
+        overlong=packing.overlong,
+        lookahead=packing.lookahead,
+        cross_document_attention=packing.cross_document_attention,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Batches
 

@@ -51,15 +51,31 @@ from moe_train.data import (
     DataSelection,
     DocumentStream,
     DocumentTokenizer,
+    PackingStats,
     SequencePacker,
     collate,
     manifest_languages,
+    training_packer,
 )
 from moe_train.experts import AUTOCAST_GROUPED_MM
 from moe_train.flops import attention_pairs, peak_flops, training_flops
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
-from moe_train.routing import RoutingState, install_hybrid_routing, router_supervision_loss, routing_stats
-from moe_train.upcycle import build_model, drop_empty_shared_experts, moe_layer_indices, new_moe_model
+from moe_train.routing import (
+    FORCING,
+    RoutingState,
+    blind_agreement,
+    install_hybrid_routing,
+    load_entropy,
+    router_supervision_loss,
+    routing_stats,
+)
+from moe_train.upcycle import (
+    build_model,
+    config_from_file,
+    drop_empty_shared_experts,
+    moe_layer_indices,
+    new_model,
+)
 from pipeline.config import Config, TrainSection, load_config
 from pipeline.manifest import load_manifest
 from pipeline.registry import load_registry
@@ -221,8 +237,11 @@ def setup_runtime(device_option: str) -> Runtime:
     return Runtime(device, rank, world, bf16=want_cuda)
 
 
-def no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    """Norm weights and biases (all 1-D parameters) get no weight decay."""
+def no_decay(name: str, param: torch.nn.Parameter, decay_norm_weights: bool = False) -> bool:
+    """Norm weights and biases (all 1-D parameters) get no weight decay; with `decay_norm_weights` (the
+    original) only biases are spared."""
+    if decay_norm_weights:
+        return name.endswith(".bias")
     return param.ndim < 2 or name.endswith(".bias")
 
 
@@ -231,18 +250,27 @@ def make_optimizer(model: CausalLMForTraining, cfg: TrainSection, cuda: bool = F
     decay, keep = [], []
     for name, param in model.trained_module().named_parameters():
         if param.requires_grad and param.numel():
-            (keep if no_decay(name, param) else decay).append(param)
+            (keep if no_decay(name, param, cfg.decay_norm_weights) else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     fused = {"fused": True} if cuda else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **fused)
 
 
+def warmup_steps(cfg: TrainSection) -> int:
+    """`warmup_ratio` of the schedule's horizon (cosine_horizon x max_steps) when set, else warmup_steps."""
+    if cfg.warmup_ratio is not None:
+        return int(cfg.warmup_ratio * cfg.cosine_horizon * cfg.max_steps)
+    return cfg.warmup_steps
+
+
 def lr_factor(step: int, cfg: TrainSection) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    """Linear warmup to 1, then cosine decay reaching min_lr_ratio at cosine_horizon x max_steps (1: at
+    the last step; the original's 1.35 stops the run 74% into its cosine)."""
+    warmup = warmup_steps(cfg)
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1.0, cfg.cosine_horizon * cfg.max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -285,7 +313,7 @@ def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> C
     if hasattr(lm.config, "num_experts"):
         experts = cfg.experts_implementation
         lm.set_experts_implementation(AUTOCAST_GROUPED_MM if experts == "grouped_mm" else experts)
-    routing = install_hybrid_routing(lm) if hasattr(lm.config, "num_experts") else None
+    routing = install_hybrid_routing(lm, FORCING[cfg.routing]) if hasattr(lm.config, "num_experts") else None
     if hasattr(lm.config, "shared_expert_intermediate_size"):
         drop_empty_shared_experts(lm)
     lm.config.use_cache = False
@@ -441,7 +469,7 @@ class StepRunner:
                 batch.input_ids,
                 batch.position_ids,
                 batch.labels,
-                expert_ids=batch.expert_ids if force and self.cfg.hybrid_routing else None,
+                expert_ids=batch.expert_ids if force else None,  # the routing state's forcing decides
                 cu_seqlens=batch.cu_seqlens,
                 max_doc_len=batch.max_doc_len,
                 per_token=per_token,
@@ -485,7 +513,9 @@ class StepRunner:
             (objective * rt.world).backward()  # FSDP averages gradients over ranks; we want the sum
             totals[0] += token_loss.detach()
             for layer, lg in enumerate(logits[:n_layers]):
-                stats = routing_stats(lg.detach(), batch.expert_ids, self.model_config.num_experts_per_tok)
+                stats = routing_stats(
+                    lg.detach(), batch.expert_ids, self.model_config.num_experts_per_tok, routing.forcing
+                )
                 totals[2] += stats["agree"].sum()
                 totals[3] += stats["has_family"].sum()
                 totals[4 + layer * n_experts : 4 + (layer + 1) * n_experts] += stats["load"]
@@ -529,6 +559,9 @@ class StepRunner:
         # per language: loss sum, loss tokens, agreeing token-layers, routed token-layers
         acc = torch.zeros(4, n_lang, device=rt.device, dtype=torch.float64)
         per_layer = torch.zeros(2, max(n_layers, 1), device=rt.device, dtype=torch.float64)
+        n_experts = getattr(self.model_config, "num_experts", 1)
+        stock_load = torch.zeros(max(n_layers, 1), n_experts, device=rt.device, dtype=torch.float64)
+        family_tokens = torch.zeros(n_lang, n_experts, device=rt.device, dtype=torch.float64)
         self.model.train(False)  # evaluation mode (no dropout is used, but be explicit)
         routing = self.model.routing
         for batch in batches:
@@ -545,8 +578,13 @@ class StepRunner:
                 acc[3].index_add_(0, langs[fam], torch.ones_like(langs[fam], dtype=torch.float64))
                 per_layer[0, layer] += stats["agree"][fam].sum()
                 per_layer[1, layer] += fam.sum()
+                stock_load[layer] += stats["stock_load"]
+                if layer == 0:  # which family expert each language's tokens have
+                    cell = langs[fam] * n_experts + batch.expert_ids.reshape(-1)[fam]
+                    family_tokens.view(-1).index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
         self.model.train()
         acc, per_layer = _all_reduce(acc, rt), _all_reduce(per_layer, rt)
+        stock_load, family_tokens = _all_reduce(stock_load, rt), _all_reduce(family_tokens, rt)
         result: dict = {}
         if acc[1].sum() > 0:
             result["val_loss"] = (acc[0].sum() / acc[1].sum()).item()
@@ -562,6 +600,19 @@ class StepRunner:
                 f"layer_{layer}": (per_layer[0, i] / per_layer[1, i].clamp(min=1)).item()
                 for i, layer in enumerate(self.moe_layers)
             }
+            # a language-blind router's agreement: its family expert's share of all tokens' top-k
+            k = self.model_config.num_experts_per_tok
+            blind = torch.stack([blind_agreement(load, k) for load in stock_load[:n_layers]]).mean(0)
+            per_language = family_tokens @ blind / family_tokens.sum(1).clamp(min=1)
+            result["blind_agreement"] = (
+                (family_tokens @ blind).sum() / family_tokens.sum().clamp(min=1)
+            ).item()
+            result["blind_agreement_by_language"] = {
+                code: per_language[i].item() for i, code in enumerate(languages) if acc[3, i] > 0
+            }
+            result["expert_load_entropy_by_layer"] = {
+                f"layer_{layer}": load_entropy(stock_load[i]) for i, layer in enumerate(self.moe_layers)
+            }
         return result
 
 
@@ -574,6 +625,7 @@ class TrainResult:
     validation: dict
     export_dir: Path | None
     checkpoint: Path | None
+    packing: dict  # PackingStats.summary() of the rows trained so far
 
 
 class Trainer:
@@ -612,9 +664,7 @@ class Trainer:
         self.resumed_from = resume_from
         torch.manual_seed(seed)
         if resume_from is not None:
-            from transformers import Qwen2MoeConfig
-
-            lm = new_moe_model(Qwen2MoeConfig.from_json_file(resume_from / "config.json"))
+            lm = new_model(config_from_file(resume_from / "config.json"))
         else:
             lm = build_model(
                 model_spec,
@@ -625,6 +675,7 @@ class Trainer:
                 shared_expert=cfg.shared_expert,
                 router_aux_loss_coef=cfg.router_aux_loss_coef,
                 seed=seed,
+                dense=cfg.routing == "dense",
             )
         self.model_config = lm.config
         self.tokenizer = self._load_tokenizer(model_spec)
@@ -650,20 +701,8 @@ class Trainer:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
 
         self.doc_tokenizer = DocumentTokenizer(self.tokenizer, cfg.chat_template)
-        self.selection = DataSelection(
-            shards_dir=self.shards_dir,
-            split="train",
-            languages=tuple(cfg.languages),
-            families=tuple(cfg.families),
-            source_types=tuple(cfg.source_types),
-            source_priorities=dict(cfg.source_priorities),
-            source_repeats=dict(cfg.source_repeats),
-            seed=seed,
-        )
-        stream = DocumentStream(self.selection, self.doc_tokenizer, state=(data_state or {}).get("stream"))
-        packer = SequencePacker(
-            stream, cfg.seq_len, self.languages, self.doc_tokenizer.eos_id, state=data_state
-        )
+        self.selection = DataSelection.for_training(self.shards_dir, cfg, seed)
+        packer = training_packer(self.selection, self.doc_tokenizer, cfg, self.languages, data_state)
         self.initial_data_state = packer.state()
         self.feeder = StepFeeder(packer, cfg, self.runtime)
         self.validation = self._validation_batches()
@@ -826,7 +865,8 @@ class Trainer:
             bar.close()
             self.feeder.close()
         export_dir = self.export() if self.step >= cfg.max_steps else None
-        self._log({"event": "end", "step": self.step, "tokens_seen": self.tokens_seen})
+        packing = PackingStats(**last_data_state.get("stats", {})).summary()
+        self._log({"event": "end", "step": self.step, "tokens_seen": self.tokens_seen, "packing": packing})
         return TrainResult(
             steps=self.step,
             tokens=self.tokens_seen,
@@ -835,6 +875,7 @@ class Trainer:
             validation=validation,
             export_dir=export_dir,
             checkpoint=checkpoint,
+            packing=packing,
         )
 
 
@@ -872,6 +913,7 @@ def summarize(result: TrainResult) -> dict:
         "first_loss": result.losses[0] if result.losses else None,
         "final_loss": result.final_loss,
         "validation": result.validation,
+        "packing": result.packing,
         "export_dir": str(result.export_dir) if result.export_dir else None,
     }
 
