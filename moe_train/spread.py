@@ -19,7 +19,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.device import resolve_device
+from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.train import trainer_from_config

@@ -19,7 +19,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.device import resolve_device
+from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.mcq import (
     MCQItem,
     Prediction,

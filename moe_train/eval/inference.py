@@ -1,4 +1,4 @@
-"""Batched inference helpers shared by the evaluators: device choice, model loading, left-padded
+"""Batched inference helpers shared by the evaluators: compute dtype, model loading, left-padded
 batches whose results do not depend on how questions were grouped into batches."""
 
 from __future__ import annotations
@@ -6,13 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
