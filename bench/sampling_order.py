@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import write_result  # noqa: E402
 
-from moe_train.data import DataSelection, Document, open_stream  # noqa: E402
+from moe_train.data import Document  # noqa: E402
+from moe_train.sampling import DataSelection, open_stream  # noqa: E402
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest  # noqa: E402
 from pipeline.schema import RECORD_SCHEMA, empty_record  # noqa: E402
 

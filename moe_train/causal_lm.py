@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from moe_train import attention as attention_impl
-from moe_train.data import Batch
 from moe_train.distributed import Runtime, shard_model
 from moe_train.experts import AUTOCAST_GROUPED_MM
 from moe_train.loss import linear_cross_entropy, per_token_cross_entropy
+from moe_train.packing import Batch
 from moe_train.precision import MasterWeights
 from moe_train.routing import FORCING, RoutingState, install_hybrid_routing
 from moe_train.upcycle import drop_empty_shared_experts, moe_layer_indices

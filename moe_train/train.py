@@ -42,14 +42,7 @@ from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss
 from moe_train.batches import StepFeeder
 from moe_train.causal_lm import CausalLMForTraining, prepare_model
 from moe_train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
-from moe_train.data import (
-    Batch,
-    DataSelection,
-    DocumentTokenizer,
-    PackingStats,
-    manifest_languages,
-    training_packer,
-)
+from moe_train.data import DocumentTokenizer, manifest_languages
 from moe_train.device import peak_memory_gb, synchronize, to_host
 from moe_train.distributed import (
     Runtime,
@@ -64,8 +57,10 @@ from moe_train.distributed import (
 )
 from moe_train.flops import peak_flops, training_flops
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import Batch, PackingStats, training_packer
 from moe_train.precision import autocast
 from moe_train.routing import FORCING, RoutingTally, router_supervision_loss
+from moe_train.sampling import DataSelection
 from moe_train.upcycle import build_model, config_from_file, is_preset, new_model
 from moe_train.validation import validation_batches, validation_metrics
 from pipeline.config import Config, TrainSection, load_config

@@ -8,11 +8,13 @@ import math
 import torch
 
 from moe_train.causal_lm import CausalLMForTraining
-from moe_train.data import Batch, DataSelection, DocumentStream, DocumentTokenizer, SequencePacker, collate
+from moe_train.data import DocumentTokenizer
 from moe_train.distributed import Runtime, all_reduce_sum
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import Batch, SequencePacker, collate
 from moe_train.precision import autocast
 from moe_train.routing import blind_agreement, load_entropy, routing_stats
+from moe_train.sampling import DataSelection, DocumentStream
 from pipeline.config import TrainSection
 
 

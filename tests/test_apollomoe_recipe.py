@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_train.data import DataSelection
+from moe_train.sampling import DataSelection
 from moe_train.train import lr_factor, no_decay, warmup_steps
 from pipeline.config import load_config
 

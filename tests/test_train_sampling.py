@@ -10,7 +10,8 @@ import pytest
 import torch
 from train_shards import write_shards
 
-from moe_train.data import DataSelection, DocumentTokenizer, WeightedShuffleStream, open_stream
+from moe_train.data import DocumentTokenizer
+from moe_train.sampling import DataSelection, WeightedShuffleStream, open_stream
 from pipeline.tokenizer import load_tokenizer
 
 # The original's scheme on the test shards: source "qa" (every third row) weight 16 seen once per epoch,
