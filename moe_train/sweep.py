@@ -100,8 +100,9 @@ def _tokens_per_second(log_path: Path) -> float | None:
 
 def run_cell(cfg: Config, cell: Cell, overrides: dict, out: Path, device: str) -> dict:
     """Train, export and evaluate one cell; returns (and writes) its result."""
+    from moe_train.device import resolve_device
     from moe_train.eval.evaluate import evaluate_questions
-    from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+    from moe_train.eval.inference import load_model, resolve_dtype
     from moe_train.train import trainer_from_config
 
     cell_dir = out / "sweep" / cell.name

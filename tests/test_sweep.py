@@ -53,7 +53,14 @@ def test_sweep_on_shards_writes_the_table_and_the_plot(tmp_path):
     write_shards(out / "shards", {"en": 12, "zh": 8, "sw": 8})
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     config["train"].update(seq_len=32, micro_batch_size=1, loss_chunk_size=32)
-    config["eval"] = {"benchmarks": []}
+    benchmark = ROOT / "data" / "sample" / "benchmark" / "medqa_sample.jsonl"
+    config["eval"] = {  # QA accuracy by the eval stage's protocol, kept small
+        "benchmarks": [{"name": "medqa_sample", "path": str(benchmark)}],
+        "modes": ["loglik"],
+        "shots": 0,
+        "max_questions_per_language": 2,
+        "device": "cpu",
+    }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     grid = tmp_path / "grid.yaml"
@@ -68,6 +75,8 @@ def test_sweep_on_shards_writes_the_table_and_the_plot(tmp_path):
     assert {c["tokens"] for c in results["cells"]} == {2 * 32}  # the same token budget in every cell
     rows = list(csv.DictReader((sweep / "results.csv").read_text().splitlines()))
     assert len(rows) == 5 and all(float(r["val_loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert all(0 <= float(r["qa_all"]) <= 1 for r in rows)
+    assert (sweep / "dense" / "eval" / "accuracy.json").is_file()
     assert all(r["agreement"] and r["blind_agreement"] for r in rows if r["routing"] != "dense")
     assert "| hybrid-L1 | hybrid | 1 |" in (sweep / "results.md").read_text()
     assert Image.open(sweep / "layers.png").size[0] > 300
