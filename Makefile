@@ -7,6 +7,7 @@
 # and each stage's completion marker OUT/<stage>/.done depends on that file and on the upstream marker.
 
 CONFIG ?= configs/demo.yaml
+GRID ?= configs/sweep_demo.yaml
 OUT ?= out
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
@@ -17,7 +18,7 @@ FP = $(OUT)/.fingerprints
 STAGES := collect translate rewrite dedup langid families quality decontam shards train eval report
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all test bench lint clean FORCE $(STAGES)
+.PHONY: help setup all sweep test bench lint clean FORCE $(STAGES)
 
 help:
 	@printf '%s\n' \
@@ -37,6 +38,7 @@ help:
 	  '  train      upcycle a dense Qwen2 into family experts and train (Post-MoE)' \
 	  '  eval       medical QA accuracy, perplexity, routing analysis' \
 	  '  report     one HTML page for the whole run' \
+	  '  sweep      train a grid of routing x upcycled layers (GRID=$(GRID)): one table and a plot' \
 	  '  test       run the test suite' \
 	  '  bench      run the benchmarks under bench/ (writes bench/results/*.json)' \
 	  '  lint       ruff' \
@@ -82,6 +84,10 @@ $(eval $(call stage_rule,eval,train))
 $(eval $(call stage_rule,report,eval))
 
 all: report
+
+# The paper's experiments (moe_train/sweep.py): every cell of GRID trained on OUT/shards with one budget.
+sweep: $(OUT)/shards/.done | $(PY)
+	$(PY) -m moe_train.sweep --config $(CONFIG) --grid $(GRID) --out $(OUT)
 
 test: | $(PY)
 	$(PY) -m pytest -q
