@@ -33,7 +33,7 @@ from moe_train.upcycle import (  # noqa: E402
     no_shared_expert_warning,
 )
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
+from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 

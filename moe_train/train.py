@@ -434,7 +434,7 @@ def shards_scheme(shards_dir: Path, registry_path: Path | None, scheme_name: str
 
 def training_tokenizer(tokenizer_option: str | None, model_spec):
     """`train.tokenizer` when set, else the model directory's own tokenizer, else Qwen2's."""
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     if tokenizer_option:
         return load_tokenizer(str(tokenizer_option))

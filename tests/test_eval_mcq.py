@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from eval_helpers import XMED
+from helpers.eval_helpers import XMED
 
 from moe_train.eval.mcq import (
     PROMPT_TEMPLATES,

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
+from helpers.eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
 
 from moe_train.eval.inference import ModelLoadError
 from moe_train.eval.mcq import Prediction, aggregate, load_benchmark
 from pipeline.config import load_config
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLE_BENCHMARK = (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.routing import NO_EXPERT, blind_agreement, load_entropy, route
 from moe_train.train import Trainer

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.train_shards import write_shards
 from PIL import Image
-from train_shards import write_shards
 
 from moe_train.sweep import Cell, GridError, cell_config, load_grid, main
 from pipeline.config import load_config

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.data import EOS_TOKEN, DataError, DocumentTokenizer, manifest_languages
 from moe_train.loss import IGNORE_INDEX
 from moe_train.packing import SequencePacker, collate
 from moe_train.sampling import DataSelection, DocumentStream
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_shards import make_rows, sentence, write_shards
+from helpers.train_shards import make_rows, sentence, write_shards
 
 from moe_train.data import DocumentTokenizer, manifest_languages
 from moe_train.loss import IGNORE_INDEX
 from moe_train.packing import SequencePacker
 from moe_train.sampling import DataSelection, DocumentStream
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 SEQ_LEN = 96
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.data import DocumentTokenizer
 from moe_train.sampling import DataSelection, WeightedShuffleStream, open_stream
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 # The original's scheme on the test shards: source "qa" (every third row) weight 16 seen once per epoch,
 # "books" weight 2 seen twice (FreedomIntelligence/ApolloMoE,

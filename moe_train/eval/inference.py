@@ -33,7 +33,7 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
         )
     tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else None
     if tokenizer_dir is None:
-        from pipeline.tokenizer import qwen2_tokenizer_dir
+        from pipeline.text.tokenizer import qwen2_tokenizer_dir
 
         tokenizer_dir = qwen2_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -26,7 +26,7 @@ def make_tiny_moe(
     import torch
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     config = Qwen2MoeConfig(
@@ -176,7 +176,7 @@ def evaluated_run(tmp_root: Path, shared_data: Path) -> tuple[Path, Path]:
     import yaml
 
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     root = tmp_root / "evaluated_run"
     out = root / "out"
