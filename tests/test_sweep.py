@@ -83,3 +83,21 @@ def test_sweep_on_shards_writes_the_table_and_the_plot(tmp_path):
     first = (sweep / "hybrid-L1" / "result.json").stat().st_mtime_ns
     assert main(["--config", str(config_path), "--grid", str(grid), "--out", str(out)]) == 0
     assert (sweep / "hybrid-L1" / "result.json").stat().st_mtime_ns == first  # finished cells are kept
+
+
+def test_experiment_options_change_no_stage_fingerprint(tmp_path):
+    """The spread options left `eval:` so that editing them does not re-run `make eval` (or anything)."""
+    from pipeline.dag import STAGES, fingerprint_inputs
+    from pipeline.registry import load_registry
+
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    before = tmp_path / "before.yaml"
+    before.write_text(yaml.safe_dump(config))
+    config["experiments"] = {"spread": {"steps": 99, "lr": 0.01, "seq_len": 64}}
+    after = tmp_path / "after.yaml"
+    after.write_text(yaml.safe_dump(config))
+    cfg_before, cfg_after = load_config(before), load_config(after)
+    assert cfg_after.experiments.spread.steps == 99
+    registry = load_registry(cfg_before.registry_path())
+    for spec in STAGES:
+        assert fingerprint_inputs(cfg_before, spec, registry) == fingerprint_inputs(cfg_after, spec, registry)
