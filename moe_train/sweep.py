@@ -8,6 +8,7 @@ The grid file (configs/sweep_demo.yaml, configs/sweep_qwen2_0.5b.yaml):
     moe_layers: [1, 2, 4]           # how many final layers are upcycled (the paper's Fig. 4)
     routing: [hybrid, free, dense]  # train.routing of each cell; dense is one cell (no MoE layers)
     train: {max_steps: 6}           # overrides every cell shares (same data, seed and token budget)
+    eval: {modes: [loglik]}         # eval overrides for the sweep's QA accuracy (optional)
 
 Every cell trains from OUT/shards with the config's `train:` section plus the cell's routing and depth,
 under the same seed and step count (so the same tokens), exports, and is evaluated: validation loss per
@@ -52,14 +53,17 @@ class Cell:
 
 
 def load_grid(path: Path) -> tuple[list[Cell], dict]:
-    """The grid's cells (dense once, as moe_layers 0) and its shared `train:` overrides."""
+    """The grid's cells (dense once, as moe_layers 0) and its shared overrides
+    ({"train": {...}, "eval": {...}})."""
     try:
         grid = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise GridError(f"{path}: cannot read the sweep grid: {exc}") from None
-    unknown = set(grid) - {"moe_layers", "routing", "train"}
+    unknown = set(grid) - {"moe_layers", "routing", "train", "eval"}
     if unknown:
-        raise GridError(f"{path}: unknown key(s) {sorted(unknown)}; expected moe_layers, routing, train")
+        raise GridError(
+            f"{path}: unknown key(s) {sorted(unknown)}; expected moe_layers, routing, train, eval"
+        )
     layers = grid.get("moe_layers", [2])
     routings = grid.get("routing", ["hybrid"])
     if not all(isinstance(n, int) and n >= 0 for n in layers):
@@ -73,18 +77,19 @@ def load_grid(path: Path) -> tuple[list[Cell], dict]:
             cell = Cell("dense", 0) if routing == "dense" or n == 0 else Cell(routing, n)
             if cell not in cells:
                 cells.append(cell)
-    return cells, dict(grid.get("train") or {})
+    return cells, {"train": dict(grid.get("train") or {}), "eval": dict(grid.get("eval") or {})}
 
 
 def cell_config(cfg: Config, cell: Cell, overrides: dict) -> Config:
     """The run's config with the cell's routing and depth and the grid's shared overrides."""
-    update = {**overrides, "routing": cell.routing}
+    update = {**overrides.get("train", {}), "routing": cell.routing}
     if cell.routing != "dense":
         update["moe_layers"] = cell.moe_layers
     if cell.routing == "language_specific":
         update["top_k"] = 1
     train = cfg.train.model_validate({**cfg.train.model_dump(), **update})
-    return cfg.model_copy(update={"train": train})
+    evaluation = cfg.eval.model_validate({**cfg.eval.model_dump(), **overrides.get("eval", {})})
+    return cfg.model_copy(update={"train": train, "eval": evaluation})
 
 
 def _tokens_per_second(log_path: Path) -> float | None:

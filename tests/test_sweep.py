@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_grid_cells_dense_once_and_errors(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(
-        "moe_layers: [0, 1, 2]\nrouting: [hybrid, dense, language_specific]\ntrain: {max_steps: 3}\n"
+        "moe_layers: [0, 1, 2]\nrouting: [hybrid, dense, language_specific]\n"
+        "train: {max_steps: 3}\neval: {modes: [loglik]}\n"
     )
     cells, overrides = load_grid(grid)
     assert cells == [
@@ -30,8 +31,9 @@ def test_grid_cells_dense_once_and_errors(tmp_path):
         Cell("language_specific", 1),
         Cell("language_specific", 2),
     ]
-    assert overrides == {"max_steps": 3}
+    assert overrides == {"train": {"max_steps": 3}, "eval": {"modes": ["loglik"]}}
     cfg = cell_config(load_config(ROOT / "configs" / "demo.yaml"), Cell("language_specific", 2), overrides)
+    assert cfg.eval.modes == ["loglik"] and cfg.eval.benchmarks  # the rest of eval: is the run's
     assert (cfg.train.routing, cfg.train.moe_layers, cfg.train.top_k, cfg.train.max_steps) == (
         "language_specific",
         2,
