@@ -208,6 +208,9 @@ def test_routing_stats_on_known_router_logits():
     summary = stats.to_json(["a", "b", "c", "d"])
     assert summary["expert_share"]["5"]["en"] == {"a": 0.5, "b": 0.5, "c": 0.0, "d": 0.0}
     assert summary["agreement_overall"] == {"5": pytest.approx(1 / 3), "6": pytest.approx(1 / 3)}
+    # a language-blind router's agreement: the family expert's share of top-k slots x k, per language
+    np.testing.assert_allclose(stats.blind_agreement(), [[1 / 3, 2 / 3], [1 / 3, 0.0]])
+    assert summary["blind_agreement"]["6"] == {"en": pytest.approx(2 / 3), "sw": 0.0}
 
 
 def test_js_divergence_and_balance_summaries():
