@@ -13,7 +13,7 @@ import torch
 from moe_train import attention as attention_impl
 from moe_train.distributed import Runtime, shard_model
 from moe_train.experts import AUTOCAST_GROUPED_MM
-from moe_train.loss import linear_cross_entropy, per_token_cross_entropy
+from moe_train.loss import per_token_cross_entropy, summed_cross_entropy
 from moe_train.packing import Batch
 from moe_train.precision import MasterWeights
 from moe_train.routing import FORCING, RoutingState, install_hybrid_routing
@@ -29,12 +29,20 @@ class CausalLMForTraining(torch.nn.Module):
     returns their logits.
     """
 
-    def __init__(self, lm: torch.nn.Module, routing: RoutingState | None, varlen: bool, loss_chunk: int):
+    def __init__(
+        self,
+        lm: torch.nn.Module,
+        routing: RoutingState | None,
+        varlen: bool,
+        loss_chunk: int,
+        loss_kernel: str = "medbabel",
+    ):
         super().__init__()
         self.lm = lm
         self.routing = routing
         self.varlen = varlen
         self.loss_chunk = loss_chunk
+        self.summed_loss = summed_cross_entropy(loss_kernel, loss_chunk)
         self.master: MasterWeights | None = None
         is_moe = hasattr(lm.config, "num_experts")
         self.moe_layers: list[int] = moe_layer_indices(lm.config) if is_moe else []
@@ -68,7 +76,7 @@ class CausalLMForTraining(torch.nn.Module):
         labels = batch.labels.reshape(-1)
         if per_token:
             return per_token_cross_entropy(hidden, weight, labels, self.loss_chunk)
-        return linear_cross_entropy(hidden, weight, labels, self.loss_chunk)
+        return self.summed_loss(hidden, weight, labels)
 
 
 def _attention_choice(option: str, device: torch.device) -> str:
@@ -99,7 +107,9 @@ def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> C
     lm.config.use_cache = False
     if cfg.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = CausalLMForTraining(lm, routing, varlen=attention == "varlen", loss_chunk=cfg.loss_chunk_size)
+    model = CausalLMForTraining(
+        lm, routing, varlen=attention == "varlen", loss_chunk=cfg.loss_chunk_size, loss_kernel=cfg.loss_kernel
+    )
     model.to(runtime.device)
     if cfg.bf16_params and runtime.bf16 and not runtime.sharded:
         model.master = MasterWeights(model)
@@ -109,5 +119,5 @@ def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> C
         for layer in lm.model.layers:
             layer.compile()
     if runtime.sharded:
-        shard_model(model, runtime)
+        shard_model(model, runtime, cfg.reshard_after_forward, cfg.cpu_offload)
     return model

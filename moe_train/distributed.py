@@ -84,21 +84,28 @@ def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def shard_model(model: torch.nn.Module, runtime: Runtime) -> None:
+def shard_model(
+    model: torch.nn.Module, runtime: Runtime, reshard_after_forward: bool = True, cpu_offload: bool = False
+) -> None:
     """FSDP2: each decoder layer is its own unit, the wrapper (embeddings, norm, LM head) the root.
 
     Parameters stay float32 (sharded); FSDP2 gathers them in bf16 for compute and reduces gradients in
-    float32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    float32. `reshard_after_forward=False` keeps each layer gathered until its backward (one all-gather
+    fewer per layer, more memory); `cpu_offload` keeps the shards, gradients and so the optimizer state
+    in CPU memory (moe_train.memory_plan shows what each setting costs)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if runtime.bf16
         else MixedPrecisionPolicy()
     )
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for layer in model.lm.model.layers:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(
+            layer, mp_policy=policy, reshard_after_forward=reshard_after_forward, offload_policy=offload
+        )
+    fully_shard(model, mp_policy=policy, offload_policy=offload)
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

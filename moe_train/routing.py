@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeTopKRouter
+
+from pipeline.compat import Qwen2MoeTopKRouter
 
 NO_EXPERT = -1  # expert id of tokens without a family (forcing is skipped for them)
 FORCING = {"hybrid": "hybrid", "language_specific": "language_specific", "free": None, "dense": None}

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow.parquet as pq
 
 from moe_train.data import DataError, Document, DocumentTokenizer
-from pipeline.manifest import ShardFile, load_manifest
+from pipeline.manifest import ShardFile, load_manifest, shard_path, verify_shard
 
 if TYPE_CHECKING:
     from pipeline.config import TrainSection
@@ -135,10 +135,15 @@ def _uniform(*key: object) -> float:
 class _ShardCursor:
     """Reads one shard file's rows from a position, a record batch at a time."""
 
-    def __init__(self, path: Path, rows: int, batch_rows: int = READ_BATCH_ROWS):
-        self.path = path
-        self.rows = rows
+    def __init__(
+        self, shards_dir: Path, shard: ShardFile, batch_rows: int = READ_BATCH_ROWS, verified: bool = False
+    ):
+        self.shards_dir = shards_dir
+        self.shard = shard
+        self.path = shard_path(shards_dir, shard)
+        self.rows = shard.rows
         self.batch_rows = batch_rows
+        self._verified = verified
         self._file: pq.ParquetFile | None = None
         self._buffer: list[dict] = []
         self._buffer_start = 0
@@ -152,6 +157,9 @@ class _ShardCursor:
         return self._buffer[offset:]
 
     def _load(self, position: int) -> None:
+        if not self._verified:
+            verify_shard(self.shards_dir, self.shard)  # size and sha256, before reading a byte
+            self._verified = True
         if self._file is None:
             try:
                 self._file = pq.ParquetFile(self.path)
@@ -205,7 +213,7 @@ class DocumentStream:
         self.round = state.get("round", 0)
         self.draws = state.get("draws", 0)
         self.cursors = [state.get("cursors", {}).get(f.path, 0) for f in self.files]
-        self._readers = [_ShardCursor(selection.shards_dir / f.path, f.rows) for f in self.files]
+        self._readers = [_ShardCursor(selection.shards_dir, f) for f in self.files]
         self._docs_this_epoch = state.get("docs_this_epoch", 0)
 
     def state(self) -> dict:
@@ -321,6 +329,7 @@ class WeightedShuffleStream:
         self.draws = state.get("draws", 0)
         self._docs_this_epoch = state.get("docs_this_epoch", 0)
         self._weights: dict[tuple[str, ...], float] = {}  # source group -> weight
+        self._verified: set[str] = set()  # shard files whose size and sha256 were checked
         self._open_epoch(state.get("lanes", {}))
 
     def _row_lanes(self, row: dict) -> list[tuple[tuple[str, ...], int]]:
@@ -338,7 +347,10 @@ class WeightedShuffleStream:
     def _open_epoch(self, lane_state: dict) -> None:
         counts: dict[tuple[int, tuple[str, ...], int], int] = {}
         for index, f in enumerate(self.files):
-            path = self.selection.shards_dir / f.path
+            if f.path not in self._verified:
+                verify_shard(self.selection.shards_dir, f)  # size and sha256, before reading a byte
+                self._verified.add(f.path)
+            path = shard_path(self.selection.shards_dir, f)
             try:
                 columns = [c for c in _ORDER_COLUMNS if c in pq.read_schema(path).names]
                 rows = pq.read_table(path, columns=columns).to_pylist()
@@ -353,7 +365,7 @@ class WeightedShuffleStream:
         self.taken = [s[1] if s else 0 for s in saved]
         self._readers = [
             _ShardCursor(
-                self.selection.shards_dir / self.files[lane.file_index].path, lane.rows, LANE_READ_ROWS
+                self.selection.shards_dir, self.files[lane.file_index], LANE_READ_ROWS, verified=True
             )
             for lane in self.lanes
         ]

@@ -37,11 +37,18 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss_func
 
 from moe_train.batches import StepFeeder
 from moe_train.causal_lm import CausalLMForTraining, prepare_model
-from moe_train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from moe_train.checkpoint import (
+    export_model,
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from moe_train.data import DocumentTokenizer, manifest_languages
 from moe_train.device import peak_memory_gb, synchronize, to_host
 from moe_train.distributed import (
@@ -63,7 +70,9 @@ from moe_train.routing import FORCING, RoutingTally, router_supervision_loss
 from moe_train.sampling import DataSelection
 from moe_train.upcycle import build_model, config_from_file, is_preset, new_model
 from moe_train.validation import validation_batches, validation_metrics
-from pipeline.config import Config, TrainSection, load_config
+from pipeline.compat import load_balancing_loss_func
+from pipeline.config import Config, ConfigError, TrainSection, load_config
+from pipeline.handoff import HandoffError
 from pipeline.manifest import load_manifest
 from pipeline.registry import Scheme, load_registry
 
@@ -359,10 +368,21 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
+    @property
+    def sharded_checkpoints(self) -> bool:
+        fmt = self.cfg.checkpoint_format
+        return fmt == "sharded" or (fmt == "auto" and self.runtime.sharded)
+
     def _restore(self, checkpoint: Path) -> dict:
-        """Model, optimizer, schedule, counters and RNG from `checkpoint`; returns its data state."""
-        ckpt = load_checkpoint(checkpoint)
-        load_full_state(self.model.trained_module(), self.optimizer, ckpt["model"], ckpt["optimizer"])
+        """Model, optimizer, schedule, counters and RNG from `checkpoint` (full or sharded, written at any
+        world size); returns its data state."""
+        if is_sharded(checkpoint):
+            ckpt = load_sharded_checkpoint(
+                checkpoint, self.model.trained_module(), self.optimizer, self.runtime.rank
+            )
+        else:
+            ckpt = load_checkpoint(checkpoint)
+            load_full_state(self.model.trained_module(), self.optimizer, ckpt["model"], ckpt["optimizer"])
         if self.model.master is not None:
             self.model.master.sync()
         trainer = ckpt["trainer"]
@@ -375,19 +395,31 @@ class Trainer:
 
     def save(self, data_state: dict, validation: dict) -> Path | None:
         trained = self.model.trained_module()
+        trainer_state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "scheduler": self.scheduler.state_dict(),
+            "data": data_state,
+            "losses": self.losses,
+            "validation": validation,
+            "world_size": self.runtime.world,
+        }
+        keep = self.cfg.keep_checkpoints
+        if self.sharded_checkpoints:
+            return save_sharded_checkpoint(
+                self.checkpoint_dir,
+                self.step,
+                trained,
+                self.optimizer,
+                self.model_config,
+                trainer_state,
+                keep,
+                self.runtime,
+            )
         model_state = full_state_dict(trained)
         optimizer_state = full_optimizer_state(trained, self.optimizer)
         path = None
         if self.runtime.is_main:
-            trainer_state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "scheduler": self.scheduler.state_dict(),
-                "data": data_state,
-                "losses": self.losses,
-                "validation": validation,
-                "world_size": self.runtime.world,
-            }
             path = save_checkpoint(
                 self.checkpoint_dir,
                 self.step,
@@ -395,7 +427,7 @@ class Trainer:
                 self.model_config,
                 optimizer_state,
                 trainer_state,
-                self.cfg.keep_checkpoints,
+                keep,
             )
         self.runtime.barrier()
         return path
@@ -493,16 +525,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default=None, help="shards directory (default OUT/shards)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    args = parser.parse_args(argv)
-    overrides = {"train.max_steps": args.max_steps} if args.max_steps else None
-    cfg = load_config(args.config, overrides=overrides)
-    out = Path(args.out)
-    trainer = trainer_from_config(
-        cfg, out, args.resume, shards_dir=Path(args.shards) if args.shards else None
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="train this many more steps, write a checkpoint and stop (a job with a time limit)",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the per-GPU memory plan (moe_train.memory_plan) and which settings fit, then exit",
+    )
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="--plan: memory of one GPU in GiB")
+    parser.add_argument("--world-size", type=int, default=1, help="--plan: GPUs in the run")
+    args = parser.parse_args(argv)
+    if args.plan:
+        from moe_train import memory_plan
+
+        plan_args = [
+            "--config",
+            args.config,
+            "--gpu-gb",
+            str(args.gpu_gb),
+            "--world-size",
+            str(args.world_size),
+        ]
+        return memory_plan.main(plan_args)
+    overrides = {"train.max_steps": args.max_steps} if args.max_steps else None
     try:
-        result = trainer.fit()
-    except NonFiniteLossError as exc:
+        cfg = load_config(args.config, overrides=overrides)
+        trainer = trainer_from_config(
+            cfg, Path(args.out), args.resume, shards_dir=Path(args.shards) if args.shards else None
+        )
+        result = trainer.fit(stop_after=args.stop_after)
+    except (NonFiniteLossError, HandoffError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -150,14 +150,3 @@ def test_stages_and_training_do_not_import_each_other(importer, imported):
         if target.split(".")[0] == imported
     )
     assert not crossings, "\n".join(crossings)
-
-
-@pytest.mark.parametrize("package", PACKAGES)
-def test_no_module_is_over_600_lines(package):
-    """A file holds one concept; past 600 lines it holds several."""
-    long = {
-        str(p.relative_to(ROOT)): n
-        for p in sorted((ROOT / package).rglob("*.py"))
-        if (n := len(p.read_text().splitlines())) > 600
-    }
-    assert not long, long

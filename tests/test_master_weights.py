@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -80,6 +81,7 @@ def _rows(n: int, seq_len: int, vocab: int, seed: int) -> list[PackedSequence]:
     return rows
 
 
+@pytest.mark.slow  # trains a Post-MoE model
 def test_a_postmoe_model_trains_with_bf16_params_and_saves_float32_masters():
     torch.manual_seed(0)
     config = Qwen2Config(**{**PRESETS["tiny"], "vocab_size": 256})

@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from moe_train.eval import plots
 from moe_train.eval.report_page import Image, Section, Table, fmt, mapping_table, pct, render_page
+from pipeline import atomic
 from pipeline.funnel import stage_funnel
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 
@@ -525,10 +526,7 @@ def build_report(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"run {run_name} · output {Path(out).resolve()} · generated {generated}"
     html = render_page(title, subtitle, sections)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = report_dir / ".index.html.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(report_dir / "index.html")
+    atomic.write_text(report_dir / "index.html", html)
     return {
         "page": str(report_dir / "index.html"),
         "sections": {s.id: ("missing" if s.missing else "ok") for s in sections},
