@@ -7,7 +7,7 @@
 # and each stage's completion marker OUT/<stage>/.done depends on that file and on the upstream marker.
 
 CONFIG ?= configs/demo.yaml
-GRID ?= configs/sweep_demo.yaml
+GRID ?= configs/sweeps/demo.yaml
 OUT ?= out
 VENV ?= .venv
 PY ?= $(VENV)/bin/python

@@ -1,9 +1,9 @@
 """The paper's experiments as one command: a grid of training runs over upcycled depth and routing.
 
-    python -m moe_train.sweep --config configs/demo.yaml --grid configs/sweep_demo.yaml --out out
-    make sweep CONFIG=configs/demo.yaml GRID=configs/sweep_demo.yaml OUT=out
+    python -m moe_train.sweep --config configs/demo.yaml --grid configs/sweeps/demo.yaml --out out
+    make sweep CONFIG=configs/demo.yaml GRID=configs/sweeps/demo.yaml OUT=out
 
-The grid file (configs/sweep_demo.yaml, configs/sweep_qwen2_0.5b.yaml):
+The grid file (configs/sweeps/demo.yaml, configs/sweeps/qwen2_0.5b.yaml):
 
     moe_layers: [1, 2, 4]           # how many final layers are upcycled (the paper's Fig. 4)
     routing: [hybrid, free, dense]  # train.routing of each cell; dense is one cell (no MoE layers)
@@ -276,7 +276,7 @@ def sweep(config_path: str, grid_path: str, out: str, device: str = "auto") -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moe_train.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--grid", default="configs/sweep_demo.yaml")
+    parser.add_argument("--grid", default="configs/sweeps/demo.yaml")
     parser.add_argument("--out", default="out", help="run directory: reads OUT/shards, writes OUT/sweep")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
