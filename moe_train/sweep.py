@@ -254,7 +254,8 @@ def sweep(config_path: str, grid_path: str, out: str, device: str = "auto") -> d
     out_dir = Path(out)
     if not (out_dir / "shards" / "manifest.json").is_file():
         raise SystemExit(
-            f"{out_dir / 'shards'}: no shards; run `make shards CONFIG={config_path} OUT={out}` first"
+            f"{out_dir / 'shards'}: no shards (manifest.json); build them first with "
+            f"`make shards CONFIG=<corpus config> OUT={out}`"
         )
     cells, overrides = load_grid(Path(grid_path))
     registry = load_registry(cfg.registry_path())
