@@ -538,11 +538,9 @@ class EvalSection(Section):
     routing_min_tokens: int = Field(
         1, description="languages with fewer routed tokens are left out of divergences"
     )
-    spread_steps: int = Field(30, ge=0, description="`routing_analysis spread`: training steps")
-    spread_lr: float = Field(1e-3, description="`routing_analysis spread`: peak learning rate (train.lr)")
-    spread_seq_len: int = Field(
-        256, description="`routing_analysis spread`: packed sequence length (train.seq_len)"
-    )
+    spread_steps: int = Field(30, ge=0, description="`moe_train.spread`: training steps")
+    spread_lr: float = Field(1e-3, description="`moe_train.spread`: peak learning rate (train.lr)")
+    spread_seq_len: int = Field(256, description="`moe_train.spread`: packed sequence length (train.seq_len)")
 
 
 class ReportSection(Section):

@@ -113,12 +113,14 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         "eval",
-        "moe_train.evaluate",
+        "moe_train.eval.evaluate",
         ("train",),
         ("eval",),
         "medical QA accuracy, perplexity and routing analysis",
     ),
-    StageSpec("report", "moe_train.report", ("eval",), ("report",), "one HTML page that shows the whole run"),
+    StageSpec(
+        "report", "moe_train.eval.report", ("eval",), ("report",), "one HTML page that shows the whole run"
+    ),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 

@@ -10,7 +10,7 @@ import re
 import pytest
 from eval_helpers import XMED
 
-from moe_train.mcq import (
+from moe_train.eval.mcq import (
     PROMPT_TEMPLATES,
     BenchmarkError,
     ChatFormat,

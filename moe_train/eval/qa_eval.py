@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from moe_train.inference import length_batches, position_ids_for, stop_token_ids
-from moe_train.mcq import (
+from moe_train.eval.inference import length_batches, position_ids_for, stop_token_ids
+from moe_train.eval.mcq import (
     ChatFormat,
     MCQItem,
     Prediction,

@@ -20,7 +20,7 @@ from pathlib import Path
 from jinja2 import Environment
 from markupsafe import Markup
 
-from moe_train import plots
+from moe_train.eval import plots
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.stage import STAGES
 
@@ -538,7 +538,7 @@ class ReportBuilder:
         plot = self.out / "spread" / "jsd_by_layer.png"
         if not isinstance(data, dict) or not plot.is_file():
             section.missing = (
-                "Not run. `python -m moe_train.routing_analysis spread --config CONFIG --out OUT` "
+                "Not run. `python -m moe_train.spread --config CONFIG --out OUT` "
                 "upcycles every layer, trains briefly and plots routing divergence by layer."
             )
             return section

@@ -19,8 +19,15 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from moe_train.inference import load_model, resolve_device, resolve_dtype
-from moe_train.mcq import MCQItem, Prediction, RejectedQuestion, aggregate, load_benchmark, markdown_tables
+from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.eval.mcq import (
+    MCQItem,
+    Prediction,
+    RejectedQuestion,
+    aggregate,
+    load_benchmark,
+    markdown_tables,
+)
 from pipeline.config import Config
 from pipeline.manifest import MANIFEST_NAME
 from pipeline.registry import Registry
@@ -79,7 +86,7 @@ def subsample(items: list[MCQItem], per_language: int | None, seed: int) -> list
 
 def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_dir: Path) -> dict:
     """Accuracy in every configured mode; writes predictions, accuracy.json and accuracy.md."""
-    from moe_train.qa_eval import build_prompts, score_generate, score_loglik
+    from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik
 
     questions, rejected = load_questions(cfg, registry)
     write_jsonl(stage_dir / "rejected_questions.jsonl", [r.__dict__ for r in rejected])
@@ -128,8 +135,8 @@ def evaluate_validation(
     cfg: Config, registry: Registry, model, tokenizer, out: Path, stage_dir: Path
 ) -> dict:
     """Validation loss per language/family and the routing analysis, from the valid shards."""
-    from moe_train.routing_analysis import write_divergence_plot, write_routing_plots
-    from moe_train.valid_eval import evaluate_valid, read_valid_documents
+    from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
+    from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 
     shards_dir = Path(out) / "shards"
     if not (shards_dir / MANIFEST_NAME).is_file():

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from moe_train.data import DocumentTokenizer
-from moe_train.inference import length_batches
+from moe_train.eval.inference import length_batches
+from moe_train.eval.routing_analysis import RoutingStats, routed_layers
 from moe_train.loss import IGNORE_INDEX
 from moe_train.routing import NO_EXPERT
-from moe_train.routing_analysis import RoutingStats, routed_layers
 from pipeline.manifest import load_manifest
 from pipeline.registry import Scheme
 
