@@ -173,11 +173,10 @@ class ApolloMoEProtocol(Protocol):
         question = f"{item.context}\n{item.question}" if item.context else item.question
         return f"{instruction}\n{question_label}: {question}\n{options_label}:\n{item.options_text()}"
 
-    def answer_text(self, item: BenchmarkItem) -> str:
-        return TEMPLATES.get(item.language, TEMPLATES["en"])[3].format(answer=f"({item.answer_label})")
-
-    def scoring_prefix(self, item: BenchmarkItem) -> str:
-        return TEMPLATES.get(item.language, TEMPLATES["en"])[3].split("{answer}")[0] + "("
+    def answer_text(self, item: BenchmarkItem, label: str | None = None) -> str:
+        return TEMPLATES.get(item.language, TEMPLATES["en"])[3].format(
+            answer=f"({label or item.answer_label})"
+        )
 
     def extract(self, text: str, item: BenchmarkItem) -> str | None:
         return extract_answer(text)

@@ -44,12 +44,9 @@ class Protocol:
     def user_message(self, item: BenchmarkItem, as_shot: bool = False) -> str:
         raise NotImplementedError
 
-    def answer_text(self, item: BenchmarkItem) -> str:
-        """A solved example's answer (the assistant turn)."""
-        raise NotImplementedError
-
-    def scoring_prefix(self, item: BenchmarkItem) -> str:
-        """The assistant turn up to the option letter: the log-likelihood mode scores the next token."""
+    def answer_text(self, item: BenchmarkItem, label: str | None = None) -> str:
+        """A solved example's answer (the assistant turn); with `label`, the answer naming that option
+        (the log-likelihood mode compares these)."""
         raise NotImplementedError
 
     def extract(self, text: str, item: BenchmarkItem) -> str | None:
@@ -304,14 +301,9 @@ class MedbabelProtocol(Protocol):
             f"{template.options_label}:\n{item.options_text()}"
         )
 
-    def answer_text(self, item: BenchmarkItem) -> str:
-        labels = [label for label, _ in item.options if canonical_letter(label) in item.answers]
-        return (
-            f"{template_for(item.language).answer_lead} " + " ".join(f"({label})" for label in labels) + "."
-        )
-
-    def scoring_prefix(self, item: BenchmarkItem) -> str:
-        return f"{template_for(item.language).answer_lead} ("
+    def answer_text(self, item: BenchmarkItem, label: str | None = None) -> str:
+        labels = [label] if label else [o for o, _ in item.options if canonical_letter(o) in item.answers]
+        return f"{template_for(item.language).answer_lead} " + " ".join(f"({o})" for o in labels) + "."
 
     def extract(self, text: str, item: BenchmarkItem) -> str | None:
         if item.multi:

@@ -1,9 +1,10 @@
 """Medical QA accuracy of a causal LM in the two scoring modes.
 
-- `loglik`: one forward pass per question; the prediction is the option letter with the highest
-  log-probability right after the protocol's answer lead ("The correct answer is (" in the
-  question's language). No generation, deterministic, batched by length. A multi-answer question's
-  predicted set is every option more likely than a uniform guess among the options.
+- `loglik`: one forward pass per question; the prediction is the option whose answer ("The correct
+  answer is (C)." in the question's language, tokenised as training tokenises an answer) is the most
+  likely where the options' answers part (the letter, or "(C" where the tokenizer merges it). No
+  generation, deterministic, batched by length. A multi-answer question's predicted set is every
+  option more likely than a uniform guess among the options.
 - `generate`: the paper's protocol: greedy decoding from the few-shot prompt until the first
   non-empty line is complete, then the protocol's extraction rule.
 
@@ -43,13 +44,20 @@ def build_prompts(
     ]
 
 
-def letter_token_id(tokenizer, label: str) -> int:
-    ids = tokenizer(label, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"option label {label!r} is {len(ids)} tokens; the loglik mode needs single-token labels"
-        )
-    return ids[0]
+def answer_choices(tokenizer, protocol: Protocol, item: BenchmarkItem) -> tuple[list[int], list[int]]:
+    """The answer's tokens shared by every option (the lead) and, per option, the token where the
+    answers part: what the log-likelihood mode compares."""
+    encoded = [
+        tokenizer(protocol.answer_text(item, label), add_special_tokens=False)["input_ids"]
+        for label, _ in item.options
+    ]
+    lead = 0
+    while all(len(e) > lead + 1 for e in encoded) and len({e[lead] for e in encoded}) == 1:
+        lead += 1
+    parting = [e[lead] for e in encoded]
+    if len(set(parting)) != len(parting):
+        raise ValueError(f"{item.benchmark} {item.id}: the options' answers do not part at one token")
+    return encoded[0][:lead], parting
 
 
 @torch.no_grad()
@@ -130,11 +138,9 @@ def greedy_generate(
 def score_loglik(
     model, tokenizer, prompts: list[Prompt], protocol: Protocol, batch_size: int
 ) -> list[Prediction]:
-    contexts = [
-        [*p.ids, *tokenizer(protocol.scoring_prefix(p.item), add_special_tokens=False)["input_ids"]]
-        for p in prompts
-    ]
-    candidates = [[letter_token_id(tokenizer, label) for label, _ in p.item.options] for p in prompts]
+    choices = [answer_choices(tokenizer, protocol, p.item) for p in prompts]
+    contexts = [[*p.ids, *lead] for p, (lead, _) in zip(prompts, choices, strict=True)]
+    candidates = [parting for _, parting in choices]
     logprobs = next_token_logprobs(model, tokenizer, contexts, candidates, batch_size)
     predictions = []
     for prompt, scores in zip(prompts, logprobs, strict=True):
