@@ -289,3 +289,33 @@ def test_a_benchmark_with_no_usable_question_fails_eval_unless_optional(tmp_path
         load_questions(cfg, registry)
     _, cfg = write_config({"eval": {"benchmarks": [{**ref, "optional": True}]}})
     assert load_questions(cfg, registry)[0].rejected_by_reason() == {"bad_row": 1}
+
+
+def test_lm_eval_tasks_load_in_the_harness(tmp_path, registry):
+    """`medbabel lm-eval-tasks`: a YAML and a JSONL per benchmark, which lm-evaluation-harness loads
+    and turns into one log-likelihood request per option, the letter right after the prompt."""
+    from pipeline.cli import main
+
+    assert main(["lm-eval-tasks", "--config", "configs/demo.yaml", "--out", str(tmp_path)]) == 0
+    directory = tmp_path / "lm_eval_tasks"
+    written = json.loads((directory / "lm_eval_tasks.json").read_text())
+    assert {name: task["questions"] for name, task in written.items()} == {
+        "medqa_sample": 66,
+        "mmlu_style_en": 6,
+        "medqa_style_es": 4,
+        "yes_no_ru": 6,
+    }
+    rows = [json.loads(line) for line in (directory / "medbabel_yes_no_ru.jsonl").read_text().splitlines()]
+    assert rows[1]["choices"] == ["A", "B"] and rows[1]["gold"] == 1 and rows[1]["answers"] == ["B"]
+    assert rows[1]["prompt"].startswith("User:Вы врач") and rows[1]["prompt"].endswith(
+        "Assistant:Правильный ответ("
+    )
+
+    tasks = pytest.importorskip("lm_eval.tasks")
+    manager = tasks.TaskManager(include_path=str(directory), include_defaults=False)
+    task = manager.load_task_or_group(["medbabel_yes_no_ru"])["medbabel_yes_no_ru"]
+    task.build_all_requests(limit=2, rank=0, world_size=1)
+    requests = [(i.request_type, *i.arguments) for i in task.instances]
+    assert [r[0] for r in requests] == ["loglikelihood"] * 4
+    assert [r[1] for r in requests] == [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
+    assert [r[2] for r in requests] == ["A", "B", "A", "B"]

@@ -1,4 +1,5 @@
-"""The eval stage (`make eval`): medical QA accuracy in both scoring modes, validation loss per
+"""The eval stage (`make eval`): medical QA accuracy in both scoring modes under the configured
+protocol (`apollomoe`, the paper's, by default), validation loss per
 language and family, and the routing analysis of the exported checkpoint.
 
 Outputs under OUT/eval/:
@@ -7,6 +8,7 @@ Outputs under OUT/eval/:
     accuracy.md            the same as Markdown tables (modes side by side)
     predictions/<mode>.jsonl   every question: prediction, answer, shots used, raw output
     rejected_questions.jsonl   benchmark rows that could not be used, with file, line and reason
+    lm_eval_tasks/         an lm-evaluation-harness task (YAML + JSONL) per benchmark
     perplexity.json        validation loss / perplexity per language and per family
     routing.json           expert shares per language, family-expert agreement, load balance, divergence
     plots/*.png            routing heatmaps (one per MoE layer), agreement, load, divergence by layer
@@ -20,6 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.eval.lm_eval_tasks import write_tasks
 from moe_train.eval.mcq import Prediction, Protocol, benchmarks_table, markdown_tables
 from pipeline.benchmarks import BenchmarkItem, BenchmarkRead, check_configured, console_line, read_configured
 from pipeline.config import Config
@@ -84,6 +87,7 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
     protocol = protocol_for(cfg.eval.protocol)
     reads = load_questions(cfg, registry)
     write_jsonl(stage_dir / "rejected_questions.jsonl", [r.__dict__ for read in reads for r in read.rejected])
+    lm_eval = write_tasks(reads, protocol, cfg.train.chat_template, stage_dir / "lm_eval_tasks")
     prompts = []
     benchmarks: dict[str, dict] = {}
     for read in reads:
@@ -128,6 +132,7 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
         "protocol": protocol.name,
         "questions": len(prompts),
         "benchmarks": benchmarks,
+        "lm_eval_tasks": lm_eval,
         "rejected_questions": dict(sum((Counter(b["rejected"]) for b in benchmarks.values()), Counter())),
         "accuracy": {
             mode: {"major": r["major"], "minor": r["minor"], "all_questions": r["accuracy_micro"]}

@@ -1,0 +1,101 @@
+"""lm-evaluation-harness tasks for the configured benchmarks, so the same questions can be scored by
+that harness: per benchmark a task YAML and the normalised questions as JSONL.
+
+    medbabel lm-eval-tasks --config configs/demo.yaml --out out     # writes out/lm_eval_tasks/
+    lm_eval --model hf --model_args pretrained=out/train/export \\
+        --include_path out/lm_eval_tasks --tasks medbabel_medqa_sample
+
+`make eval` writes the same files under OUT/eval/lm_eval_tasks/. Each JSONL row carries the question
+as `pipeline.benchmarks` read it (question, context, options, answer letters) and, for the harness,
+`prompt` (the protocol's user turn in the training chat format, up to the option letter),
+`choices` (the option letters as the protocol writes them) and `gold` (the answer's index). The task
+is `output_type: multiple_choice` (log-likelihood of each letter after the prompt, `acc`), zero-shot;
+`target_delimiter: ""` keeps the harness from putting a space between the prompt and the letter.
+Multi-answer questions have no single gold index and are left out (counted in `lm_eval_tasks.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from moe_train.eval.mcq import Protocol
+from pipeline.benchmarks import BenchmarkRead
+
+
+def task_name(benchmark: str) -> str:
+    return "medbabel_" + re.sub(r"[^0-9A-Za-z_]+", "_", benchmark).strip("_").lower()
+
+
+def task_rows(read: BenchmarkRead, protocol: Protocol, chat_template: str) -> list[dict]:
+    before_question, rest = chat_template.split("{q}")
+    between = rest.split("{a}")[0]
+    rows = []
+    for item in read.items:
+        if item.multi:
+            continue
+        labels = [label for label, _ in item.options]
+        lead = protocol.answer_text(item, labels[0]).split(f"({labels[0]})")[0] + "("
+        rows.append(
+            {
+                "id": item.id,
+                "language": item.language,
+                "source": item.source,
+                "question": item.question,
+                "context": item.context,
+                "options": [text for _, text in item.options],
+                "answers": list(item.answers),
+                "prompt": f"{before_question}{protocol.user_message(item)}{between}{lead}",
+                "choices": labels,
+                "gold": item.letters.index(item.answers[0]),
+            }
+        )
+    return rows
+
+
+def task_yaml(name: str, data_file: Path, protocol: Protocol) -> dict:
+    return {
+        "task": name,
+        "tag": ["medbabel"],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{gold}}",
+        "target_delimiter": "",
+        "num_fewshot": 0,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0, "protocol": protocol.name},
+    }
+
+
+def write_tasks(reads: list[BenchmarkRead], protocol: Protocol, chat_template: str, directory: Path) -> dict:
+    """One `<task>.yaml` and `<task>.jsonl` per benchmark in `directory`; returns what was written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for read in reads:
+        name = task_name(read.name)
+        rows = task_rows(read, protocol, chat_template)
+        data_file = (directory / f"{name}.jsonl").resolve()
+        _atomic_text(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        config = yaml.safe_dump(task_yaml(name, data_file, protocol), sort_keys=False, allow_unicode=True)
+        _atomic_text(directory / f"{name}.yaml", config)
+        written[read.name] = {
+            "task": name,
+            "questions": len(rows),
+            "left_out_multi_answer": sum(item.multi for item in read.items),
+        }
+    _atomic_text(directory / "lm_eval_tasks.json", json.dumps(written, indent=2) + "\n")
+    return written
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
