@@ -156,8 +156,7 @@ def test_apollomoe_prompts_are_the_originals():
     assert APOLLO.answer_text(_item(0, answers=("C",))) == "The correct answer is (C)."
     assert APOLLO.answer_text(_item(0, language="ar", answers=("B",))) == "(B)الإجابة الصحيحة هي."
     assert APOLLO.answer_text(_item(0, language="hi")) == "सही उत्तर है(A)."
-    assert APOLLO.scoring_prefix(_item(0, language="de")) == "Die richtige Antwort ist("
-    assert APOLLO.scoring_prefix(_item(0, language="ar")) == "("
+    assert APOLLO.answer_text(_item(0, language="de"), "D") == "Die richtige Antwort ist(D)."
     pubmed = _item(0, context="Some abstract.")
     assert APOLLO.user_message(pubmed).startswith(
         "You are a medical doctor answering real-world medical exam questions.\nContext: Some abstract. \nQuestion:"
