@@ -24,7 +24,7 @@ from provenance import git_commit  # noqa: E402
 
 from moe_train.eval.apollomoe import ApolloMoEProtocol  # noqa: E402
 from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
-from moe_train.model import (  # noqa: E402
+from moe_train.upcycle import (  # noqa: E402
     PRESETS,
     dense_config,
     moe_config_from_dense,
@@ -32,7 +32,7 @@ from moe_train.model import (  # noqa: E402
 )
 from pipeline.benchmarks import read_benchmark  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
+from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 

@@ -22,8 +22,8 @@ from transformers import AutoConfig
 from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
 from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
-from moe_train.model import dense_config, is_moe_checkpoint, is_preset
 from moe_train.train import trainer_from_config
+from moe_train.upcycle import dense_config, is_moe_checkpoint, is_preset
 from pipeline.config import load_config
 from pipeline.registry import load_registry
 

@@ -18,11 +18,11 @@ import zstandard
 from conftest import ROOT, run_stage_cli
 
 from pipeline.config import CollectSection, ConfigError, SourceSection, load_config
+from pipeline.dag import run_stage
 from pipeline.readers import REJECT_REASONS
+from pipeline.record_io import list_parquet
 from pipeline.schema import RECORD_SCHEMA, stable_id
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet
-from pipeline.text import normalize_text, render_messages
+from pipeline.text.normalize import normalize_text, render_messages
 
 EN = "Hand washing with soap removes most pathogens from the skin."
 FR = "Le lavage des mains au savon élimine la plupart des agents pathogènes."

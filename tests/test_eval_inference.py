@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from eval_helpers import make_tiny_moe, tico_shards
+from helpers.eval_helpers import make_tiny_moe, tico_shards
 
 from moe_train.eval.apollomoe import TEMPLATES, ApolloMoEProtocol
 from moe_train.eval.inference import load_model

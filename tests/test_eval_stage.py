@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
+from helpers.eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
 
 from moe_train.eval.apollomoe import aggregate
 from moe_train.eval.inference import ModelLoadError
 from moe_train.eval.mcq import Prediction
 from pipeline.benchmarks import read_configured
 from pipeline.config import load_config
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

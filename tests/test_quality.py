@@ -10,11 +10,11 @@ import json
 import pytest
 from conftest import fake_upstream, record, write_records
 
-from pipeline.quality_signals import _LINE_SEPARATORS, assess, combine, load_language_rules, rule_score
-from pipeline.segment import segment
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
-from pipeline.text import SubstringSet
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
+from pipeline.text.normalize import SubstringSet
+from pipeline.text.quality_signals import _LINE_SEPARATORS, assess, combine, load_language_rules, rule_score
+from pipeline.text.segment import segment
 
 GOOD = {
     "en": (
@@ -194,7 +194,7 @@ def test_dup_ngram_signal_skipped_only_when_it_must_be_zero(rules):
     with and without repetition, in both segmentations, the value equals the full scan."""
     import random
 
-    from pipeline.quality_signals import _dup_ngram_fraction, compute_signals
+    from pipeline.text.quality_signals import _dup_ngram_fraction, compute_signals
 
     rng = random.Random(7)
     checked = collections.Counter()
@@ -442,7 +442,7 @@ def test_classifier_skipped_without_text_scan_when_a_class_is_missing(tmp_path, 
 
 
 def test_stop_word_lists_are_words_and_a_yaml_boolean_is_named():
-    from pipeline.quality_signals import LANGUAGE_RULES_PATH, check_stopword_lists, stopword_lists
+    from pipeline.text.quality_signals import LANGUAGE_RULES_PATH, check_stopword_lists, stopword_lists
 
     lists = stopword_lists()
     assert {"on", "no"} <= set(lists["en"]) | set(lists["es"]) and "n" in lists["bm"]

@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from eval_helpers import evaluated_run
+from helpers.eval_helpers import evaluated_run
 
 from moe_train.eval.report import build_report
 from pipeline.config import load_config
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -30,7 +30,7 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
     """A stock `transformers` checkpoint and its tokenizer, in eval mode (no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moe_train.model import no_shared_expert_warning
+    from moe_train.upcycle import no_shared_expert_warning
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -40,7 +40,7 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
         )
     tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else None
     if tokenizer_dir is None:
-        from pipeline.tokenizer import qwen2_tokenizer_dir
+        from pipeline.text.tokenizer import qwen2_tokenizer_dir
 
         tokenizer_dir = qwen2_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -22,8 +22,8 @@ from markupsafe import Markup
 
 from moe_train.eval import plots
 from moe_train.eval.mcq import rejected_text
+from pipeline.funnel import stage_funnel
 from pipeline.manifest import MANIFEST_NAME, load_manifest
-from pipeline.stage import STAGES
 
 _STANDARD_SUMMARY_KEYS = {
     "stage",
@@ -201,26 +201,24 @@ class ReportBuilder:
         section = Section("funnel", "Stage funnel")
         rows = []
         names, outs = [], []
-        for spec in STAGES:
-            summary = read_json(self.out / spec.name / "summary.json")
-            if not isinstance(summary, dict):
-                rows.append([spec.name, "–", "–", "–", "not run", "–"])
+        for row in stage_funnel(self.out):
+            if not row.ran:
+                rows.append([row.stage, "–", "–", "–", "not run", "–"])
                 continue
-            reasons = summary.get("quarantined_by_reason") or {}
-            top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:4])
+            top = ", ".join(f"{k} {v:,}" for k, v in list(row.removed.items())[:4])
             rows.append(
                 [
-                    spec.name,
-                    fmt(summary.get("docs_in")),
-                    fmt(summary.get("docs_out")),
-                    fmt(summary.get("quarantined")),
+                    row.stage,
+                    fmt(row.docs_in),
+                    fmt(row.docs_out),
+                    fmt(row.quarantined),
                     top or "–",
-                    fmt(summary.get("seconds"), 1),
+                    fmt(row.seconds, 1),
                 ]
             )
-            if summary.get("docs_out"):
-                names.append(spec.name)
-                outs.append(summary["docs_out"])
+            if row.docs_out:
+                names.append(row.stage)
+                outs.append(row.docs_out)
         if not names and all(r[4] == "not run" for r in rows):
             section.missing = f"No stage summaries under {self.out} (run `make all`)."
             return section

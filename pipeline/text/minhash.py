@@ -1,6 +1,6 @@
 """MinHash signatures, LSH band keys and normalised-text hashes, vectorised with numpy.
 
-Tokens come from `pipeline.segment.segment` (words, or characters for unsegmented scripts). Each
+Tokens come from `pipeline.text.segment.segment` (words, or characters for unsegmented scripts). Each
 token is hashed once (xxh3); shingle hashes are rolled from token hashes with numpy over all
 shingles of a batch of documents, and the `bands * rows` permutations are one multiply-add over a
 (permutations x shingles) matrix, reduced per document with `np.minimum.reduceat`. No Python code
@@ -112,10 +112,6 @@ class MinHasher:
             ]
             flat = np.insert(flat, full_before[short], np.array(values, dtype=np.uint64))
         return flat, counts
-
-    def signatures(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
-        """(documents x permutations) uint32 signatures of a batch of tokenised documents."""
-        return self.signatures_of_shingles(*self.shingles(token_lists))
 
     def signatures_of_shingles(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
         out = np.full((len(counts), self.num_perm), EMPTY_SIGNATURE_VALUE, dtype=SIGNATURE_DTYPE)

@@ -16,7 +16,7 @@ another language, chatter around the translation, and an error body echoing the 
 Whether a request gets a fault depends only on (seed, request body, how often that body was seen),
 so runs are reproducible whatever the concurrency.
 
-Run standalone (the benchmark does): `python tests/llm_server.py --latency 0.2` prints the base URL.
+Run standalone (the benchmark does): `python tests/helpers/llm_server.py --latency 0.2` prints the base URL.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ executor, crash, determinism and disk-full tests.
 `make_project(tmp, executor=...)` builds `tmp/project`: symlinks to this checkout's files (so
 relative paths in the config resolve as in the real project) and a real `configs/<name>.yaml`:
 the demo config with the given executor section. `run_stage_cli` runs `python -m pipeline run` there.
-The stages run are the CPU stages `make all` would run today: in DAG order up to `shards`,
-stopping at the first one not implemented yet.
+The stages run are the CPU stages `make all` runs: in DAG order up to `shards`.
 """
 
 from __future__ import annotations
@@ -21,41 +20,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.stage import STAGES, StageNotImplementedError, load_stage_module
-from pipeline.steps import list_parquet
+from pipeline.dag import STAGES
+from pipeline.record_io import list_parquet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAST_CPU_STAGE = "shards"
 SKIP_IN_SNAPSHOT = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_IN_PROJECT = {".git", ".venv", "out", "configs", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
-# Stages that only add records; until their code lands, the tests stand in an empty completed
-# output for them (as a config with them disabled would give) and run the stages after them.
-OPTIONAL_STAGES = ("translate", "rewrite")
-
-
 def cpu_stages() -> list[str]:
-    """The stages `make all` runs today, up to the shards (training is not a datatrove stage)."""
-    names = []
-    for spec in STAGES:
-        try:
-            load_stage_module(spec)
-        except StageNotImplementedError:
-            if spec.name not in OPTIONAL_STAGES:
-                break
-        names.append(spec.name)
-        if spec.name == LAST_CPU_STAGE:
-            break
-    return names
-
-
-def implemented(stage: str) -> bool:
-    try:
-        load_stage_module(STAGES[[s.name for s in STAGES].index(stage)])
-    except StageNotImplementedError:
-        return False
-    return True
+    """The stages `make all` runs up to the shards (training is not a datatrove stage)."""
+    names = [spec.name for spec in STAGES]
+    return names[: names.index(LAST_CPU_STAGE) + 1]
 
 
 def make_project(
@@ -90,10 +67,6 @@ def stage_command(stage: str, config: Path, out: Path) -> list[str]:
 
 
 def run_stage_cli(stage: str, config: Path, out: Path, timeout: float = 300, **kwargs):
-    if not implemented(stage):  # an optional stage not built yet: complete and empty
-        (out / stage / "output").mkdir(parents=True, exist_ok=True)
-        (out / stage / ".done").write_text("not implemented yet\n")
-        return subprocess.CompletedProcess([], 0, "", "")
     return subprocess.run(
         stage_command(stage, config, out),
         cwd=config.parent.parent,
@@ -168,14 +141,11 @@ def run_all_in_process(config: Path, out: Path, stages: list[str]) -> None:
     """Like run_all, in this process (no interpreter start per stage); the tests that compare
     against it run their stages in fresh processes, so per-process variation still shows."""
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     cfg = load_config(config)
     for stage in stages:
-        if implemented(stage):
-            run_stage(stage, cfg, out)
-        else:
-            run_stage_cli(stage, config, out)
+        run_stage(stage, cfg, out)
 
 
 def snapshot(root: Path, skip: set[Path] = frozenset()) -> dict[str, tuple[int, int]]:

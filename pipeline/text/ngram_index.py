@@ -1,6 +1,6 @@
 """Benchmark n-gram index for decontamination.
 
-Every benchmark question and option is segmented like the corpus (`pipeline.segment`, by the
+Every benchmark question and option is segmented like the corpus (`pipeline.text.segment`, by the
 item's language) and reduced to 64-bit hashes of its n-grams (n words, or n characters for
 unsegmented scripts); a text shorter than n but at least `min_item_*` long is indexed whole. A
 batch of documents is checked by hashing all of their n-grams of every indexed length at once with
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.benchmarks import BenchmarkItem, canonical_letter
-from pipeline.minhash import token_hashes
-from pipeline.segment import segment
+from pipeline.text.minhash import token_hashes
+from pipeline.text.segment import segment
 
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse modulo 2**64
 _BASE_INVERSE = np.uint64(pow(int(_BASE), -1, 1 << 64))

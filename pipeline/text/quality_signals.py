@@ -1,6 +1,6 @@
 """Heuristic quality signals and the rules that turn them into a score in [0, 1].
 
-Signals are computed from one segmentation of a document (`pipeline.segment.segment`) plus its
+Signals are computed from one segmentation of a document (`pipeline.text.segment.segment`) plus its
 lines and paragraphs; the bounds are per language (`quality_languages.yaml`: Gopher / FineWeb
 defaults, FineWeb-2's per-language numbers, config overrides). Each rule scores its signal with a
 linear ramp that is 1 well inside the bound, exactly 0.5 at the bound and 0 well beyond it, so that
@@ -18,7 +18,7 @@ from pathlib import Path
 import regex
 
 from pipeline import yaml_files
-from pipeline.text import SubstringSet
+from pipeline.text.normalize import SubstringSet
 
 LANGUAGE_RULES_PATH = Path(__file__).resolve().parent / "quality_languages.yaml"
 

@@ -23,7 +23,7 @@ def slow_copy(markers: str):
 def run_slow_chain(config_path: str, src: str, work: str, markers: str) -> None:
     from pipeline.config import load_config
     from pipeline.executors import PipelineRun, run_pipelines
-    from pipeline.steps import RecordReader, RecordWriter
+    from pipeline.record_io import RecordReader, RecordWriter
 
     cfg = load_config(config_path)
     steps = [RecordReader(src), slow_copy(markers), RecordWriter(Path(work) / "out")]

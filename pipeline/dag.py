@@ -73,7 +73,7 @@ STAGES: tuple[StageSpec, ...] = (
         ("dedup",),
         ("langid",),
         "fastText language ID, verify declared languages",
-        data_files=("pipeline/quality_languages.yaml",),  # stop-word lists: the common-word check
+        data_files=("pipeline/text/quality_languages.yaml",),  # stop-word lists: the common-word check
     ),
     StageSpec(
         "families",
@@ -88,7 +88,7 @@ STAGES: tuple[StageSpec, ...] = (
         ("families",),
         ("quality",),
         "heuristic + medical-domain quality score, PII scrubbing",
-        data_files=("pipeline/quality_languages.yaml",),
+        data_files=("pipeline/text/quality_languages.yaml",),
     ),
     StageSpec(
         "decontam",
@@ -123,10 +123,6 @@ STAGES: tuple[StageSpec, ...] = (
     ),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
-
-
-class StageNotImplementedError(RuntimeError):
-    """The stage's module does not exist yet."""
 
 
 class StageInputError(RuntimeError):
@@ -169,7 +165,7 @@ class StageContext:
 
     def input_readers(self, **kwargs) -> list:
         """One RecordReader per upstream output directory that holds records."""
-        from pipeline.steps import RecordReader, list_parquet
+        from pipeline.record_io import RecordReader, list_parquet
 
         return [RecordReader(d, **kwargs) for d in self.input_dirs() if list_parquet(d)]
 
@@ -303,16 +299,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_stage_module(spec: StageSpec):
-    try:
-        return importlib.import_module(spec.module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (spec.module == exc.name or spec.module.startswith(exc.name + ".")):
-            path = spec.module.replace(".", "/") + ".py"
-            raise StageNotImplementedError(
-                f"stage '{spec.name}' is not implemented yet ({path} does not exist). "
-                f"The stages before it completed; `make all` stops here until it is built."
-            ) from None
-        raise
+    return importlib.import_module(spec.module)
 
 
 def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:

@@ -1,78 +1,17 @@
-"""Run configuration: one YAML file per run, validated at load.
-
-Every option lives here, with its default. Unknown keys are errors, and every error names the file
-and the key path (`sources[2].format`). `configs/example_full.yaml` shows every option.
-"""
+"""The curation stages' sections: sources and collection, LLM translation and rewriting, dedup,
+language ID, families, quality, decontamination and shards."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from pipeline import yaml_files
+from pipeline.config.base import Section, unit_interval
 from pipeline.schema import SOURCE_TYPES
 
 SourceType = Literal[SOURCE_TYPES]  # type: ignore[valid-type]
 SourceFormat = Literal["jsonl", "parquet", "csv", "tsv", "tmx", "hf", "apollo"]
-
-
-def unit_interval(default: float, description: str | None = None) -> Any:
-    """A config field holding a fraction or probability, in [0, 1]."""
-    return Field(default, ge=0.0, le=1.0, description=description)
-
-
-class ConfigError(ValueError):
-    """The config file is invalid; the message names the file and the key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RunSection(Section):
-    name: str = "medbabel"
-    seed: int = 0
-
-
-class RegistrySection(Section):
-    path: str | None = Field(None, description="registry file; the project's lang_families.yaml when unset")
-    scheme: str | None = Field(None, description="expert scheme; the registry's default_scheme when unset")
-
-
-class SlurmSection(Section):
-    partition: str = "cpu"
-    time: str = Field("04:00:00", description="time limit of each array job")
-    cpus_per_task: int = Field(1, ge=1)
-    mem_per_cpu_gb: float = Field(2.0, gt=0)
-    qos: str | None = None
-    sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH directives")
-    condaenv: str | None = Field(None, description="conda environment the jobs activate")
-    venv_path: str | None = Field(None, description="venv the jobs activate; the running one when unset")
-    env_command: str | None = Field(None, description="shell lines replacing the activation entirely")
-    max_array_size: int = Field(1001, description="the cluster's MaxArraySize; more tasks split into jobs")
-    poll_s: float = Field(30.0, gt=0, description="how often the waiting process checks task completions")
-
-
-class RaySection(Section):
-    address: str | None = Field(
-        None, description="ray cluster address ('auto', 'host:port'); a local cluster is started when unset"
-    )
-    cpus_per_task: int = Field(1, ge=1)
-    mem_per_task_gb: float = Field(2.0, gt=0)
-    time_s: int | None = Field(None, description="kill and retry a task running longer than this")
-
-
-class ExecutorSection(Section):
-    kind: Literal["local", "ray", "slurm"] = "local"
-    tasks: int = Field(2, ge=1, description="how many tasks (input shards) each stage is split into")
-    workers: int = Field(-1, description="tasks running at once (-1: all); on Slurm the array's %limit")
-    slurm: SlurmSection = SlurmSection()
-    ray: RaySection = RaySection()
 
 
 class SourceSection(Section):
@@ -297,7 +236,7 @@ class LangIdSection(Section):
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="per-language minimum, on top of the shipped per-model defaults (pipeline/lid_verify.py)",
+        description="per-language minimum, on top of the shipped per-model defaults (pipeline/text/lid_verify.py)",
     )
     contradiction_threshold: float = unit_interval(
         0.8, "for languages the model lacks: a detection of another language this confident rejects"
@@ -443,204 +382,3 @@ class ShardsSection(Section):
     sort_buffer_rows: int = Field(
         50_000, ge=1, description="rows a task buffers per partition before writing a sorted run"
     )
-
-
-class TrainSection(Section):
-    """Post-MoE training (moe_train/): upcycling, hybrid-k routing, packed data, the loop, export."""
-
-    # model
-    model: str = Field(
-        "tiny",
-        description="a preset (tiny, qwen2-0.5b, qwen2-1.5b: random init), a local dense Qwen2 checkpoint "
-        "dir (upcycled) or a Qwen2-MoE checkpoint dir (trained further)",
-    )
-    tokenizer: str | None = Field(
-        None, description="tokenizer dir; default: the checkpoint's own, else the bundled Qwen2 tokenizer"
-    )
-    moe_layers: int = Field(2, ge=1, description="how many of the last decoder layers become MoE")
-    top_k: int = Field(2, ge=1)
-    norm_topk_prob: bool = Field(False, description="renormalise the top-k weights (the paper: false)")
-    shared_expert: bool = Field(False, description="add a shared 'general' expert to each MoE layer")
-    router_aux_loss_coef: float = Field(0.0, ge=0, description="load-balancing loss (the paper: none)")
-    router_supervision_coef: float = Field(
-        0.0, ge=0, description="cross-entropy of router logits toward the family expert"
-    )
-    hybrid_routing: bool = Field(True, description="force each token's family expert into its top-k")
-    # data
-    seq_len: int = Field(4096, ge=8)
-    languages: list[str] = Field(default_factory=list, description="[] = every language in the shards")
-    families: list[str] = Field(default_factory=list, description="[] = every family")
-    source_types: list[str] = Field(default_factory=list, description="[] = every source type")
-    source_priorities: dict[str, float] = Field(
-        default_factory=dict,
-        description="source name or type -> priority; lower priorities come first in each epoch",
-    )
-    source_repeats: dict[str, float] = Field(
-        default_factory=dict, description="source name or type -> times seen per epoch (fractions allowed)"
-    )
-    chat_template: str = "User:{q}\nAssistant:{a}<|endoftext|>"
-    # optimisation
-    micro_batch_size: int = Field(1, ge=1, description="sequences per GPU per micro-step")
-    grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(100, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, gt=0)
-    # evaluation, logging, checkpoints
-    eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(8, ge=1, description="validation micro-batches per evaluation")
-    log_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    export_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    # speed
-    device: str = Field("auto", description="auto (cuda when available), cuda, cpu")
-    attention: Literal["auto", "sdpa", "varlen"] = Field(
-        "auto", description="auto: FlashAttention varlen on CUDA, SDPA with a block-diagonal mask on CPU"
-    )
-    experts_implementation: Literal["grouped_mm", "eager", "batched_mm"] = "grouped_mm"
-    bf16_params: bool = Field(
-        True,
-        description="one CUDA device: bf16 parameters compute, float32 master weights train "
-        "(false: float32 parameters under bf16 autocast); several processes use FSDP2 mixed precision",
-    )
-    compile: bool = False
-    activation_checkpointing: bool = False
-    loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the fused cross-entropy")
-
-
-class EvalSection(Section):
-    model: str | None = Field(
-        None, description="checkpoint directory to evaluate; OUT/train/export when unset"
-    )
-    benchmarks: list[BenchmarkRef] = Field(
-        default_factory=list, description="benchmark files to evaluate on (name, path, format, language)"
-    )
-    modes: list[Literal["loglik", "generate"]] = Field(default_factory=lambda: ["loglik", "generate"])
-    shots: int = Field(3, ge=0, description="solved examples per prompt, drawn from the same source")
-    max_prompt_tokens: int = Field(3072, description="drop the last examples while a prompt is longer")
-    protocol: Literal["apollomoe", "medbabel"] = Field(
-        "apollomoe",
-        description="apollomoe: the original ApolloMoE code's prompts, extraction, 256 new tokens and "
-        "aggregation; medbabel: medbabel's variant (docs/eval_report.md lists the differences)",
-    )
-    max_new_tokens: int | None = Field(
-        None, ge=1, description="generate mode; unset: the protocol's (apollomoe 256, medbabel 32)"
-    )
-    max_questions_per_language: int | None = Field(None, description="seeded subsample per language")
-    batch_size: int = Field(8, ge=1)
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on GPU, float32 on CPU"
-    )
-    perplexity: bool = Field(True, description="validation loss per language/family on the valid shards")
-    valid_max_docs_per_language: int | None = Field(200, description="valid documents scored per language")
-    valid_max_tokens: int = Field(1024, description="each valid document is truncated to this many tokens")
-    routing: bool = Field(True, description="routing statistics and heatmaps of the MoE layers")
-    routing_min_tokens: int = Field(
-        1, description="languages with fewer routed tokens are left out of divergences"
-    )
-    spread_steps: int = Field(30, ge=0, description="`moe_train.spread`: training steps")
-    spread_lr: float = Field(1e-3, description="`moe_train.spread`: peak learning rate (train.lr)")
-    spread_seq_len: int = Field(256, description="`moe_train.spread`: packed sequence length (train.seq_len)")
-
-
-class ReportSection(Section):
-    title: str = "medbabel run report"
-    max_curve_points: int = Field(2000, description="training curves are thinned to at most this many points")
-
-
-class Config(Section):
-    run: RunSection = RunSection()
-    registry: RegistrySection = RegistrySection()
-    executor: ExecutorSection = ExecutorSection()
-    sources: list[SourceSection] = Field(default_factory=list)
-    collect: CollectSection = CollectSection()
-    llm: LLMSection = LLMSection()
-    translate: TranslateSection = TranslateSection()
-    rewrite: RewriteSection = RewriteSection()
-    dedup: DedupSection = DedupSection()
-    langid: LangIdSection = LangIdSection()
-    families: FamiliesSection = FamiliesSection()
-    quality: QualitySection = QualitySection()
-    decontam: DecontamSection = DecontamSection()
-    shards: ShardsSection = ShardsSection()
-    train: TrainSection = TrainSection()
-    eval: EvalSection = EvalSection()
-    report: ReportSection = ReportSection()
-
-    # Set by load_config: where the file lives (relative paths resolve against it).
-    base_dir: Path = Field(default=Path("."), exclude=True)
-    source_file: Path | None = Field(default=None, exclude=True)
-
-    @model_validator(mode="after")
-    def _unique_source_names(self) -> Config:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate source name(s): {dupes}")
-        return self
-
-    def resolve(self, path: str | Path) -> Path:
-        """A path from the config, resolved against the config file's directory's project root."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p).resolve()
-
-    def registry_path(self) -> Path:
-        from pipeline.registry import DEFAULT_REGISTRY_PATH
-
-        return self.resolve(self.registry.path) if self.registry.path else DEFAULT_REGISTRY_PATH
-
-    def section_hash(self, *keys: str) -> str:
-        """Stable hash of some top-level sections, used to decide which stages a config change affects."""
-        dumped = self.model_dump(mode="json")
-        payload = json.dumps({k: dumped.get(k) for k in keys}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _format_errors(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid config"]
-    for err in exc.errors():
-        loc = ""
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return "\n".join(lines)
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Load and validate a YAML config. Relative paths in it resolve against the project root
-    (the directory holding `lang_families.yaml` above the config), else the config's directory."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml_files.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc)) from None
-    return cfg.model_copy(update={"base_dir": _project_root(path.resolve()), "source_file": path.resolve()})
-
-
-def _project_root(config_path: Path) -> Path:
-    for parent in config_path.parents:
-        if (parent / "lang_families.yaml").is_file():
-            return parent
-    return config_path.parent

@@ -33,7 +33,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2Moe
 
 QWEN2_VOCAB = 151936  # the Qwen2 embedding size (the tokenizer's 151,669 ids padded to a multiple of 128)
 
-# Random-init shapes. `qwen2-0.5b` / `qwen2-1.5b` copy the released Qwen2 configs (sizes are multiples
+# Random-init shapes. `qwen2-0.5b` / `qwen2-1.5b` / `qwen2-7b` copy the released Qwen2 configs (sizes are multiples
 # of 8, which the fused kernels want); `tiny` is for tests and the CPU demo.
 PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -62,6 +62,16 @@ PRESETS: dict[str, dict] = {
         num_key_value_heads=2,
         max_position_embeddings=32768,
         tie_word_embeddings=True,
+    ),
+    "qwen2-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
     ),
 }
 
@@ -97,11 +107,10 @@ def dense_config(preset: str, vocab_size: int = QWEN2_VOCAB) -> Qwen2Config:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}'; presets: {', '.join(PRESETS)}")
     return Qwen2Config(
-        vocab_size=vocab_size,
+        **{"vocab_size": vocab_size, **PRESETS[preset]},
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         use_sliding_window=False,
-        **PRESETS[preset],
     )
 
 

@@ -8,7 +8,7 @@ Rules, for a text declared as language L:
 * The model lacks L (lid.176: ln bm nso ig rw ha doi): keep unless something contradicts L:
   most letters are outside L's scripts (`wrong_script`), the model detects a language outside
   L's group with at least `contradiction` confidence, or, when L has a stop-word list
-  (`pipeline/quality_languages.yaml`) and the text has enough words, too few of its words are L's
+  (`pipeline/text/quality_languages.yaml`) and the text has enough words, too few of its words are L's
   common words, or clearly more are those of another listed language (`wrong_language`).
   The last catches text in the many languages neither the model nor the registry knows, which
   the model cannot contradict with confidence.
@@ -31,9 +31,9 @@ from typing import NamedTuple
 
 import regex
 
-from pipeline.langid import LanguageIdentifier, LidPrediction
-from pipeline.quality_signals import stopword_lists
 from pipeline.registry import Registry
+from pipeline.text.fasttext_lid import LanguageIdentifier, LidPrediction
+from pipeline.text.quality_signals import stopword_lists
 
 WRONG_LANGUAGE = "wrong_language"
 WRONG_SCRIPT = "wrong_script"
@@ -150,7 +150,7 @@ def dominant_script(text: str, sample: int = 400) -> str:
 
 # The common-word check reads the first characters of a text (a paragraph's worth: enough words to
 # judge, and a cost that does not grow with the document) and splits them into runs of word characters
-# with the standard library's `re`: faster than the full Unicode segmentation (`pipeline.segment`),
+# with the standard library's `re`: faster than the full Unicode segmentation (`pipeline.text.segment`),
 # and it splits off the connectives that Kinyarwanda and Igbo join with an apostrophe (y’ubuzima,
 # n’ibyo), which are among their commonest words. (`\w` stops at the combining vowel signs of scripts
 # such as Devanagari, so the Hindi list never matches here; every listed language the model lacks is
@@ -177,7 +177,7 @@ class CommonWords:
 
     @classmethod
     def shipped(cls) -> CommonWords:
-        """The stop-word lists of `pipeline/quality_languages.yaml`."""
+        """The stop-word lists of `pipeline/text/quality_languages.yaml`."""
         return cls(stopword_lists())
 
     def counts(self, words: Iterable[str]) -> Counter[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from conftest import record
 
-from moe_train.model import no_shared_expert_warning
+from moe_train.upcycle import no_shared_expert_warning
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
 from pipeline.registry import load_registry
 from pipeline.schema import empty_record, rows_to_table
@@ -26,7 +26,7 @@ def make_tiny_moe(
     import torch
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     config = Qwen2MoeConfig(
@@ -176,7 +176,7 @@ def evaluated_run(tmp_root: Path, shared_data: Path) -> tuple[Path, Path]:
     import yaml
 
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     root = tmp_root / "evaluated_run"
     out = root / "out"

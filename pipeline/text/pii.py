@@ -16,7 +16,7 @@ from collections import Counter
 
 import regex
 
-from pipeline.text import SubstringSet
+from pipeline.text.normalize import SubstringSet
 
 PLACEHOLDERS = ("EMAIL", "URL", "IP", "ID", "PHONE")
 
