@@ -16,7 +16,7 @@ from pipeline.benchmarks import (
     read_benchmark,
     suggest_format,
 )
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
 

@@ -22,7 +22,7 @@ from moe_train.eval.mcq import (
     template_for,
 )
 from pipeline.benchmarks import BenchmarkItem
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 APOLLO, MEDBABEL = ApolloMoEProtocol(), MedbabelProtocol()

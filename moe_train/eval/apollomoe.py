@@ -187,6 +187,8 @@ class ApolloMoEProtocol(Protocol):
         return predicted == item.answers[0]
 
     def fits(self, shots_text_length: int, question_text_length: int) -> bool:
+        """The original adds an example while examples and question stay under 4,096 characters (it
+        also drops a question whose own prompt is longer; here `eval.max_prompt_tokens` governs that)."""
         return shots_text_length + question_text_length < PROMPT_CHARACTERS
 
     def aggregate(self, predictions: list[Prediction], registry: Registry) -> dict:

@@ -75,10 +75,16 @@ class ChatTokens:
         from moe_train.data import DocumentTokenizer
 
         self.tokenizer = tokenizer
+        self.template = chat_template
         self.encoder = DocumentTokenizer(tokenizer, chat_template)
 
     def turn(self, question: str, answer: str | None = None) -> list[int]:
         return self.encoder.chat_ids(question, answer)
+
+    def characters(self, question: str, answer: str | None = None) -> int:
+        """The turn's length as text (the original budgets prompts in characters)."""
+        text = self.template.replace("{q}", question)
+        return len(text.replace("{a}", answer) if answer is not None else text.split("{a}")[0])
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -122,9 +128,10 @@ def build_prompt(
     for shot in shots:
         shot_text = protocol.user_message(shot, as_shot=True)
         answer = protocol.answer_text(shot)
-        if not protocol.fits(used_chars + len(shot_text) + len(answer), len(target_text)):
+        shot_chars = chat.characters(shot_text, answer) + len(protocol.shot_separator)
+        if not protocol.fits(used_chars + shot_chars, chat.characters(target_text)):
             continue
-        used_chars += len(shot_text) + len(answer)
+        used_chars += shot_chars
         rendered.append(chat.turn(shot_text, answer) + separator)
     while True:
         ids = [token for shot in rendered for token in shot] + target
