@@ -26,7 +26,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moe_train.model import dense_config, moe_config_from_dense, no_shared_expert_warning  # noqa: E402
 from provenance import write_result  # noqa: E402
 
 import moe_train.eval.qa_eval as qa_eval  # noqa: E402
@@ -34,6 +33,7 @@ import moe_train.eval.valid_eval as valid_eval  # noqa: E402
 from moe_train.data import DocumentTokenizer  # noqa: E402
 from moe_train.eval.apollomoe import ApolloMoEProtocol  # noqa: E402
 from moe_train.eval.inference import length_batches  # noqa: E402
+from moe_train.upcycle import dense_config, moe_config_from_dense, no_shared_expert_warning  # noqa: E402
 from pipeline.benchmarks import read_benchmark  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
 from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
