@@ -47,6 +47,9 @@ _LABEL = "A-Za-z" + "".join(ARABIC_LABELS)
 _PAREN_MARKER = re.compile(rf"(?:^|(?<=\s))[(（]\s*([{_LABEL}])\s*[)）]\s*")
 # A marker at the start of one option: "(A) ", "A. ", "A) ", "A: ".
 _OWN_MARKER = re.compile(rf"^\s*[(（]?\s*([{_LABEL}])\s*[)）.:：]\s*")
+# A letter and a space before each option of a list ("a 肝臓"): stripped only when every option has
+# one, in order, so an option that starts with a word like "A" keeps it.
+_BARE_MARKER = re.compile(r"^\s*([A-Za-z])[ \u3000]+(?=\S)")
 _ANSWER = re.compile(rf"^\s*[(（]?\s*([{_LABEL}])\s*[)）.:：]?\s*$")
 _ANSWER_PREFIX = re.compile(rf"^\s*[(（]\s*([{_LABEL}])\s*[)）]")
 # Several letters: "(ACE)" (XMedBench's multi-answer questions), "A,C,E", "A C E".
@@ -205,6 +208,9 @@ def parse_options(value: object) -> tuple[tuple[str, str], ...]:
             raise OptionError("the options list holds non-strings")
         if len(value) > len(LETTERS):
             raise OptionError(f"{len(value)} options; at most {len(LETTERS)} are supported")
+        bare = [_BARE_MARKER.match(v) for v in value]
+        if all(bare) and [canonical_letter(m.group(1)) for m in bare] == list(LETTERS[: len(value)]):
+            value = [v[m.end() :] for v, m in zip(value, bare, strict=True)]  # "a 肝臓", "b 腎臓", ...
         options = tuple((LETTERS[i], _strip_own_marker(LETTERS[i], v)) for i, v in enumerate(value))
     elif isinstance(value, str):
         options = _split_option_string(value)

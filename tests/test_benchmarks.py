@@ -319,3 +319,45 @@ def test_lm_eval_tasks_load_in_the_harness(tmp_path, registry):
     assert [r[0] for r in requests] == ["loglikelihood"] * 4
     assert [r[1] for r in requests] == [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
     assert [r[2] for r in requests] == ["A", "B", "A", "B"]
+
+
+def test_igakuqa_style_lists_and_cmmlu_style_headers(tmp_path, registry):
+    """IgakuQA: `problem_text`, `choices` as a list, `answer` as a list of lowercase letters (the
+    file the issue saw rejected whole); CMMLU: a `Question,A,B,C,D,Answer` header."""
+    igaku = tmp_path / "igakuqa.jsonl"
+    rows = [
+        {
+            "problem_id": "116A1",
+            "problem_text": "正しいのはどれか。",
+            "choices": ["a 肝臓", "b 腎臓", "c 脾臓", "d 膵臓", "e 心臓"],
+            "answer": ["e"],
+            "text_only": True,
+        },
+        {
+            "problem_id": "116A2",
+            "problem_text": "2つ選べ。",
+            "choices": ["a x", "b y", "c z", "d w", "e v"],
+            "answer": ["a", "c"],
+            "text_only": True,
+        },
+    ]
+    igaku.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    read = read_benchmark("IgakuQA", igaku, "mcq_list", registry, language="ja")
+    assert [(i.id, i.answers) for i in read.items] == [("116A1", ("E",)), ("116A2", ("A", "C"))]
+    assert read.items[0].options[0] == ("A", "肝臓") and read.rejected == []
+    assert "format: mcq_list " in suggest_format(igaku)
+
+    cmmlu = tmp_path / "cmmlu.csv"
+    cmmlu.write_text("Question,A,B,C,D,Answer\n下列哪项是正确的？,甲,乙,丙,丁,C\n", encoding="utf-8")
+    read = read_benchmark("cmmlu", cmmlu, "cmmlu_csv", registry, language="zh")
+    assert [(i.question, i.options[2], i.answers) for i in read.items] == [
+        ("下列哪项是正确的？", ("C", "丙"), ("C",))
+    ]
+    with pytest.raises(BenchmarkError, match="header .* does not name a question column"):
+        read_benchmark("mmlu", shared_csv_without_header(tmp_path), "cmmlu_csv", registry, language="en")
+
+
+def shared_csv_without_header(tmp_path):
+    path = tmp_path / "noheader.csv"
+    path.write_text("What is it?,x,y,z,w,A\n")
+    return path
