@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance columns source_id, source_file, source_position
 
 SOURCE_TYPES = (
     "book",
@@ -82,6 +82,20 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column("license", pa.string(), False, "license of the source"),
     Column("url", pa.string(), True, "where the text came from, when known"),
+    Column("source_id", pa.string(), True, "the source's own id of the item (its `id_field`, a TMX `tuid`)"),
+    Column(
+        "source_file",
+        pa.string(),
+        True,
+        "input file, relative to the source's root (`hf:<path>:<split>` for a Hugging Face dataset)",
+    ),
+    Column(
+        "source_position",
+        pa.int64(),
+        True,
+        "where in `source_file`, 1-based: line (JSON Lines, CSV/TSV), item (JSON array), row (Parquet,"
+        " Hugging Face), translation unit (TMX)",
+    ),
     Column("llm_model", pa.string(), True, "model that produced a translated/rewritten record"),
     Column("prompt_version", pa.string(), True, "prompt version that produced a translated/rewritten record"),
     Column(
@@ -248,6 +262,9 @@ def derived_record(parent: dict, kind: str, language: str, origin: str, **values
         group_id=parent.get("group_id") or parent["id"],
         license=parent["license"],
         url=parent.get("url"),
+        source_id=parent.get("source_id"),
+        source_file=parent.get("source_file"),
+        source_position=parent.get("source_position"),
         **values,
     )
 
@@ -267,6 +284,10 @@ def schema_markdown() -> str:
         "Every stage reads and writes these columns; the writer refuses rows that do not fit.",
         "",
         *table(COLUMNS),
+        "",
+        "Provenance: `source`, `source_file` and `source_position` name the input a record was read from"
+        " (with `source_id` when the source has its own ids), for kept and quarantined records alike;"
+        " a translated or rewritten record carries its parent's.",
         "",
         "## Quality signals (`quality_signals` struct fields)",
         "",

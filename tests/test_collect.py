@@ -181,6 +181,41 @@ def test_tmx_units_become_rows_per_language_sharing_a_group(tmp_path):
     assert [(r["reason"], r["line"]) for r in rejects] == [("unknown_language", 8)]
 
 
+def test_every_record_traces_back_to_its_file_and_position(tmp_path):
+    """Provenance columns: the source's own id, the file relative to the source root, and the line
+    (JSON Lines, CSV), item (JSON array), row (Parquet) or translation unit (TMX)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_bytes(
+        jsonl_bytes([{"text": EN, "lang": "en", "id": "x7"}, {"text": FR, "lang": "fr"}])
+    )
+    (tmp_path / "arr.json").write_text(
+        json.dumps([{"text": EN, "lang": "en"}, {"text": FR, "lang": "fr"}], indent=2)
+    )
+    (tmp_path / "g.csv").write_text(f'lang,text\nen,"{EN}\nsecond line"\nfr,{FR}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": [EN, FR], "lang": ["en", "fr"]}), tmp_path / "p.parquet")
+    (tmp_path / "tm.tmx").write_text(TMX + "</body></tmx>\n", encoding="utf-8")
+    _, records, _ = run_collect(
+        tmp_path,
+        [
+            source("jl", "data", id_field="id"),
+            source("arr", "arr.json"),
+            source("csv", "g.csv", "csv"),
+            source("pq", "p.parquet", "parquet"),
+            source("tm", "tm.tmx", "tmx", source_type="book"),
+        ],
+    )
+    found = {
+        (r["source"], r["language"]): (r["source_id"], r["source_file"], r["source_position"])
+        for r in records
+    }
+    assert found[("jl", "en")] == ("x7", "a.jsonl", 1) and found[("jl", "fr")] == (None, "a.jsonl", 2)
+    assert found[("arr", "fr")] == (None, "arr.json", 2)  # the second item of the array
+    assert found[("csv", "en")] == (None, "g.csv", 2) and found[("csv", "fr")] == (None, "g.csv", 4)
+    assert found[("pq", "fr")] == (None, "p.parquet", 2)
+    assert found[("tm", "fr")] == ("a", "tm.tmx", 1) and found[("tm", "de")] == ("b", "tm.tmx", 2)
+
+
 def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     (tmp_path / "tm.tmx").write_text(TMX + "<tu><tuv xml:lang='en'><seg>cut", encoding="utf-8")
     _, records, rejects = run_collect(tmp_path, [source("tm", "tm.tmx", "tmx", source_type="book")])
@@ -189,6 +224,7 @@ def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     assert "the rest is lost" in rejects[-1]["detail"]
 
 
+@pytest.mark.slow
 def test_real_tico19_translation_memory(tmp_path, shared_data):
     with zipfile.ZipFile(shared_data / "tico19_all.en-fr.tmx.zip") as archive:
         archive.extractall(tmp_path / "tm")
@@ -298,6 +334,7 @@ def test_dialogue_messages_with_role_aliases(tmp_path):
     assert rejects[0]["reason"] == "bad_field" and "unknown role 'nurse'" in rejects[0]["detail"]
 
 
+@pytest.mark.slow
 def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
     import datasets
 
@@ -320,6 +357,7 @@ def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_each_kind_of_bad_input_is_rejected_with_its_reason_and_the_stage_finishes(tmp_path):
     good = {"text": EN, "lang": "en"}
     lines = [
@@ -430,6 +468,7 @@ def test_inconsistent_source_fields_fail_at_load(tmp_path, overrides, message):
         load_config(_config(tmp_path, [source("a", "a.jsonl", **overrides)]))
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     path = _config(tmp_path, [])
     result = run_stage_cli("collect", path, tmp_path / "o")
@@ -462,6 +501,7 @@ SAMPLE = ROOT / "data" / "sample"
 MAJOR = ("en", "zh", "fr", "es", "ar", "hi", "de", "pt", "ru", "ja", "ko", "it")
 
 
+@pytest.mark.slow
 def test_committed_sample_is_what_build_sample_produces(tmp_path):
     subprocess.run(
         [sys.executable, str(SAMPLE / "build_sample.py"), "--out", str(tmp_path)],
@@ -488,6 +528,7 @@ def demo(tmp_path_factory):
     return records, rejects, json.loads((out / "collect" / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_demo_collects_every_format_and_language_of_the_sample(demo):
     records, _, summary = demo
     by_language = {}
@@ -502,6 +543,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {name for name, s in summary["sources"].items() if s["records"] > 0} == {
         "medical_books", "medical_papers", "guidelines", "encyclopedia", "exams", "dialogues",
         "general", "web_pages", "translation_memory", "apollo", "forum_posts",
+        "clinic_pages", "crawl", "sepsis_guide", "pmc_articles", "pubmed", "medwiki", "leaflets",
     }  # fmt: skip
     assert len({r["id"] for r in records}) == len(records)
     exams = [r for r in records if r["source"] == "exams"]
@@ -515,6 +557,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {("sw", "exam"), ("ha", "dialogue"), ("rw", "general"), ("th", "paper")} <= apollo
 
 
+@pytest.mark.slow
 def test_demo_finds_every_planted_item_and_rejects_exactly_the_broken_lines(demo):
     records, rejects, summary = demo
     by_id = {r["id"]: r for r in records}
@@ -544,6 +587,47 @@ def test_example_config_documents_every_source_and_collect_option():
         assert re.search(rf"^\s*(- )?{name}:", text, re.M), f"configs/example_full.yaml lacks '{name}'"
 
 
+@pytest.mark.slow
+def test_demo_reads_each_raw_document_format(demo):
+    """data/sample/raw/ (build_raw.py): one small file per document format, with the chrome real
+    files have; collect keeps the text and drops the chrome."""
+    records, _, summary = demo
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    counts = {name: len(rows) for name, rows in by_source.items()}
+    assert {k: counts[k] for k in ("clinic_pages", "crawl", "sepsis_guide", "pmc_articles")} == {
+        "clinic_pages": 1, "crawl": 2, "sepsis_guide": 1, "pmc_articles": 1,
+    }  # fmt: skip
+    assert {k: counts[k] for k in ("pubmed", "medwiki", "leaflets")} == {
+        "pubmed": 2,
+        "medwiki": 2,
+        "leaflets": 1,
+    }
+    (page,) = by_source["clinic_pages"]
+    assert page["url"] == "https://clinic.example.org/topics/hand-washing"
+    assert "for at least twenty seconds" in page["text"] and "Cookie settings" not in page["text"]
+    crawl = {r["url"]: r for r in by_source["crawl"]}
+    assert crawl["https://sante.example.fr/grippe"]["language"] == "fr"
+    assert (
+        crawl["https://sante.example.fr/grippe"]["source_id"]
+        == "<urn:uuid:00000000-0000-4000-8000-000000000001>"
+    )
+    (guide,) = by_source["sepsis_guide"]
+    assert "Sepsis: a guide for families" not in guide["text"]  # the running header
+    assert "if someone with an infection has slurred speech or confusion, extreme shivering" in guide["text"]
+    (article,) = by_source["pmc_articles"]
+    assert article["license"] == "CC-BY-4.0" and article["source_id"] == "PMC9900101"
+    assert "Fictional Journal" not in article["text"] and "Correct preparation" not in article["text"]
+    assert {r["source_id"] for r in by_source["pubmed"]} == {"99000201", "99000202"}
+    wiki = {r["source_id"]: r for r in by_source["medwiki"]}
+    assert set(wiki) == {"1001", "1002"}  # the redirect, the talk page and the railway page are not read
+    assert "Infobox" not in wiki["1001"]["text"] and "Region A" not in wiki["1001"]["text"]
+    assert "Take every dose at the times" in by_source["leaflets"][0]["text"]
+    assert summary["sources"]["crawl"]["format"] == "warc"
+
+
+@pytest.mark.slow
 def test_translation_memory_covers_the_english_passages_it_is_for(demo):
     """Every English record of medical_books and guidelines is its title plus sentences that are all
     translation units with sw, vi and cs (so the demo translates them with no endpoint)."""

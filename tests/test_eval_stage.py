@@ -15,15 +15,16 @@ from pipeline.benchmarks import read_configured
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     return evaluated_run(tmp_path_factory.getbasetemp(), SHARED_DATA)
 
 

@@ -37,7 +37,7 @@ def test_schema_has_version_and_roundtrips(tmp_path):
         ({"origin": "invented"}, "'origin'='invented'"),
         ({"language": None}, "'language' is required"),
         ({"colour": "x"}, r"unknown column\(s\) \['colour'\]"),
-        ({"expert_id": "four"}, "not fit schema v1"),
+        ({"expert_id": "four"}, f"not fit schema v{SCHEMA_VERSION}"),
     ],
 )
 def test_writer_refuses_rows_off_schema(override, message):
@@ -80,7 +80,7 @@ def test_config_errors_name_the_key(write_config):
                     {
                         "name": "a",
                         "path": "x",
-                        "format": "docx",
+                        "format": "pptx",
                         "source_type": "paper",
                         "license": "x",
                         "language": "en",

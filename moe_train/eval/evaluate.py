@@ -21,30 +21,26 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.device import resolve_device
+from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.lm_eval_tasks import write_tasks
 from moe_train.eval.mcq import Prediction, Protocol, benchmarks_table, markdown_tables
+from pipeline import atomic
 from pipeline.benchmarks import BenchmarkItem, BenchmarkRead, check_configured, console_line, read_configured
 from pipeline.config import Config
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.registry import Registry
 
 
 def write_json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_json(path, data, indent=2, ensure_ascii=False, allow_nan=False)
     return path
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 
@@ -125,8 +121,8 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
         if results
         else "No benchmark questions were evaluated (eval.benchmarks is empty).\n"
     )
-    (stage_dir / "accuracy.md").write_text(
-        f"Protocol: {protocol.name}\n\n" + benchmarks_table(benchmarks) + "\n" + tables, encoding="utf-8"
+    atomic.write_text(
+        stage_dir / "accuracy.md", f"Protocol: {protocol.name}\n\n" + benchmarks_table(benchmarks) + "\n" + tables
     )
     return {
         "protocol": protocol.name,
@@ -151,7 +147,7 @@ def evaluate_validation(
     shards_dir = Path(out) / "shards"
     if not (shards_dir / MANIFEST_NAME).is_file():
         return {"validation": f"skipped: no shard manifest at {shards_dir / MANIFEST_NAME}"}
-    scheme = registry.scheme(cfg.registry.scheme or registry.default_scheme)
+    scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(shards_dir).scheme, shards_dir)
     docs = read_valid_documents(
         shards_dir,
         tokenizer,

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from moe_train.eval.mcq import Protocol
+from pipeline import atomic
 from pipeline.benchmarks import BenchmarkRead
 
 
@@ -83,19 +84,13 @@ def write_tasks(reads: list[BenchmarkRead], protocol: Protocol, chat_template: s
         name = task_name(read.name)
         rows = task_rows(read, protocol, chat_template)
         data_file = (directory / f"{name}.jsonl").resolve()
-        _atomic_text(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic.write_text(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         config = yaml.safe_dump(task_yaml(name, data_file, protocol), sort_keys=False, allow_unicode=True)
-        _atomic_text(directory / f"{name}.yaml", config)
+        atomic.write_text(directory / f"{name}.yaml", config)
         written[read.name] = {
             "task": name,
             "questions": len(rows),
             "left_out_multi_answer": sum(item.multi for item in read.items),
         }
-    _atomic_text(directory / "lm_eval_tasks.json", json.dumps(written, indent=2) + "\n")
+    atomic.write_text(directory / "lm_eval_tasks.json", json.dumps(written, indent=2) + "\n")
     return written
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -9,7 +9,7 @@ from datatrove.data import Document
 
 from pipeline.readers.base import SourceReader
 from pipeline.readers.json_items import JsonItems
-from pipeline.readers.records import get_field
+from pipeline.readers.records import get_field, provenance
 from pipeline.readers.rejects import Reject
 from pipeline.schema import stable_id
 from pipeline.text.normalize import render_messages
@@ -69,4 +69,11 @@ class ApolloSourceReader(JsonItems, SourceReader):
             if given_id not in (None, "")
             else stable_id(self.source.name, file_key, str(index))
         )
-        return self.builder.finish(record_id, text, language, source_type=source_type, messages=messages)
+        return self.builder.finish(
+            record_id,
+            text,
+            language,
+            source_type=source_type,
+            messages=messages,
+            **provenance(given_id, file_key, index),
+        )

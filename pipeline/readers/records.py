@@ -160,6 +160,7 @@ class RecordBuilder:
             messages=messages,
             exam=exam,
             url=url if isinstance(url, str) and url else None,
+            **provenance(given_id, file_key, index),
         )
 
     def finish(
@@ -191,6 +192,15 @@ class RecordBuilder:
         )
         row.update(columns)
         return record_to_document(row)
+
+
+def provenance(given_id: object, file_key: str, position: int) -> dict:
+    """The provenance columns of a record read from item `position` of `file_key`."""
+    return {
+        "source_id": None if given_id in (None, "") else str(given_id),
+        "source_file": file_key,
+        "source_position": position,
+    }
 
 
 def _visible(text: str) -> bool:
