@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import git_commit  # noqa: E402
 
-from moe_train.eval.apollomoe import ApolloMoEProtocol  # noqa: E402
 from moe_train.device import resolve_device  # noqa: E402
+from moe_train.eval.apollomoe import ApolloMoEProtocol  # noqa: E402
 from moe_train.eval.inference import resolve_dtype  # noqa: E402
 from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from moe_train.upcycle import (  # noqa: E402

@@ -151,7 +151,7 @@ def test_eval_reads_the_same_questions_as_decontam(tmp_path, write_config, share
         {"name": name, "path": str(_path(shared_data, name)), "format": fmt, "language": language}
         for name, fmt, language, _, _ in REAL
     ]
-    _, cfg = write_config({"eval": {"benchmarks": refs}, "decontam": {"benchmarks": refs}})
+    _, cfg = write_config({"eval": {"benchmarks": refs}, "decontam": {"benchmarks": [dict(r) for r in refs]}})
     reads = load_questions(cfg, registry)
     assert [(r.name, len(r.items), len(r.rejected)) for r in reads] == [(n, c, 0) for n, _, _, c, _ in REAL]
 

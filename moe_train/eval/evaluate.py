@@ -122,7 +122,8 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
         else "No benchmark questions were evaluated (eval.benchmarks is empty).\n"
     )
     atomic.write_text(
-        stage_dir / "accuracy.md", f"Protocol: {protocol.name}\n\n" + benchmarks_table(benchmarks) + "\n" + tables
+        stage_dir / "accuracy.md",
+        f"Protocol: {protocol.name}\n\n" + benchmarks_table(benchmarks) + "\n" + tables,
     )
     return {
         "protocol": protocol.name,
