@@ -38,12 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and the language registry")
     common(check)
 
-    tasks = sub.add_parser(
-        "lm-eval-tasks",
-        help="write an lm-evaluation-harness task (YAML + JSONL) per eval benchmark to OUT/lm_eval_tasks",
-    )
-    common(tasks)
-
     sub.add_parser("stages", help="list the stages in DAG order")
     sub.add_parser("schema-doc", help="print the record schema as Markdown (docs/schema.md)")
     return parser
@@ -75,18 +69,6 @@ def main(argv: list[str] | None = None) -> int:
                 if hasattr(module, "validate"):
                     module.validate(cfg, registry)
             print(f"{args.config}: ok ({len(cfg.sources)} sources, {len(registry.languages)} languages)")
-            return 0
-        if args.command == "lm-eval-tasks":
-            from moe_train.eval.evaluate import load_questions, protocol_for
-            from moe_train.eval.lm_eval_tasks import write_tasks
-            from pipeline.registry import load_registry
-
-            directory = _output_dir(args.out) / "lm_eval_tasks"
-            reads = load_questions(cfg, load_registry(cfg.registry_path()))
-            protocol = protocol_for(cfg.eval.protocol)
-            for name, task in write_tasks(reads, protocol, cfg.train.chat_template, directory).items():
-                print(f"{directory / task['task']}.yaml: {task['questions']} questions ({name})")
-            print(f"lm_eval --model hf --model_args pretrained=MODEL --include_path {directory} --tasks TASK")
             return 0
         if args.command == "fingerprint":
             from pipeline.dag import write_fingerprint_files

@@ -292,11 +292,12 @@ def test_a_benchmark_with_no_usable_question_fails_eval_unless_optional(tmp_path
 
 
 def test_lm_eval_tasks_load_in_the_harness(tmp_path, registry):
-    """`medbabel lm-eval-tasks`: a YAML and a JSONL per benchmark, which lm-evaluation-harness loads
-    and turns into one log-likelihood request per option, the letter right after the prompt."""
-    from pipeline.cli import main
+    """`python -m moe_train.eval.lm_eval_tasks`: a YAML and a JSONL per benchmark, which
+    lm-evaluation-harness loads and turns into one log-likelihood request per option, the letter
+    right after the prompt."""
+    from moe_train.eval.lm_eval_tasks import main
 
-    assert main(["lm-eval-tasks", "--config", "configs/demo.yaml", "--out", str(tmp_path)]) == 0
+    assert main(["--config", "configs/demo.yaml", "--out", str(tmp_path)]) == 0
     directory = tmp_path / "lm_eval_tasks"
     written = json.loads((directory / "lm_eval_tasks.json").read_text())
     assert {name: task["questions"] for name, task in written.items()} == {

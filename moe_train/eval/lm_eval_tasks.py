@@ -1,7 +1,7 @@
 """lm-evaluation-harness tasks for the configured benchmarks, so the same questions can be scored by
 that harness: per benchmark a task YAML and the normalised questions as JSONL.
 
-    medbabel lm-eval-tasks --config configs/demo.yaml --out out     # writes out/lm_eval_tasks/
+    python -m moe_train.eval.lm_eval_tasks --config configs/demo.yaml --out out   # out/lm_eval_tasks/
     lm_eval --model hf --model_args pretrained=out/train/export \\
         --include_path out/lm_eval_tasks --tasks medbabel_medqa_sample
 
@@ -16,8 +16,10 @@ Multi-answer questions have no single gold index and are left out (counted in `l
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -94,3 +96,31 @@ def write_tasks(reads: list[BenchmarkRead], protocol: Protocol, chat_template: s
         }
     atomic.write_text(directory / "lm_eval_tasks.json", json.dumps(written, indent=2) + "\n")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the tasks of a config's `eval.benchmarks` without a model (`make eval` writes them too)."""
+    from moe_train.eval.evaluate import load_questions, protocol_for
+    from pipeline.config import ConfigError, load_config
+    from pipeline.registry import load_registry
+
+    parser = argparse.ArgumentParser(prog="python -m moe_train.eval.lm_eval_tasks", description=main.__doc__)
+    parser.add_argument("--config", default="configs/demo.yaml", help="run config (YAML)")
+    parser.add_argument("--out", default="out", help="output directory; the tasks go to OUT/lm_eval_tasks")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        reads = load_questions(cfg, load_registry(cfg.registry_path()))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    directory = Path(args.out) / "lm_eval_tasks"
+    written = write_tasks(reads, protocol_for(cfg.eval.protocol), cfg.train.chat_template, directory)
+    for name, task in written.items():
+        print(f"{directory / task['task']}.yaml: {task['questions']} questions ({name})")
+    print(f"lm_eval --model hf --model_args pretrained=MODEL --include_path {directory} --tasks TASK")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
