@@ -24,7 +24,8 @@ from pathlib import Path
 from moe_train.device import resolve_device
 from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.lm_eval_tasks import write_tasks
-from moe_train.eval.mcq import Prediction, Protocol, benchmarks_table, markdown_tables
+from moe_train.eval.mcq import Prediction, benchmarks_table, markdown_tables
+from moe_train.eval.protocols import protocol_for
 from pipeline import atomic
 from pipeline.benchmarks import BenchmarkItem, BenchmarkRead, check_configured, console_line, read_configured
 from pipeline.config import Config
@@ -46,13 +47,6 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def model_directory(cfg: Config, out: Path) -> Path:
     return cfg.resolve(cfg.eval.model) if cfg.eval.model else Path(out) / "train" / "export"
-
-
-def protocol_for(name: str) -> Protocol:
-    from moe_train.eval.apollomoe import ApolloMoEProtocol
-    from moe_train.eval.mcq import MedbabelProtocol
-
-    return {"apollomoe": ApolloMoEProtocol, "medbabel": MedbabelProtocol}[name]()
 
 
 def load_questions(cfg: Config, registry: Registry) -> list[BenchmarkRead]:

@@ -100,7 +100,8 @@ def write_tasks(reads: list[BenchmarkRead], protocol: Protocol, chat_template: s
 
 def main(argv: list[str] | None = None) -> int:
     """Write the tasks of a config's `eval.benchmarks` without a model (`make eval` writes them too)."""
-    from moe_train.eval.evaluate import load_questions, protocol_for
+    from moe_train.eval.protocols import protocol_for
+    from pipeline.benchmarks import read_configured
     from pipeline.config import ConfigError, load_config
     from pipeline.registry import load_registry
 
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        reads = load_questions(cfg, load_registry(cfg.registry_path()))
+        reads = read_configured(
+            cfg.eval.benchmarks, cfg, load_registry(cfg.registry_path()), "eval.benchmarks"
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
