@@ -70,6 +70,17 @@ class DocumentTokenizer:
             texts, add_special_tokens=False, split_special_tokens=split_special, verbose=False
         )["input_ids"]
 
+    def chat_ids(self, question: str, answer: str | None = None) -> list[int]:
+        """One chat turn's tokens exactly as `documents` builds them; without an answer, up to where
+        the answer starts (what an evaluation prompt ends with)."""
+        q_ids, a_ids = self._encode([question, answer or ""], split_special=True)
+        ids: list[int] = []
+        for kind, literal in self.template:
+            if kind == "a" and answer is None:
+                break
+            ids.extend(q_ids if kind == "q" else a_ids if kind == "a" else literal)
+        return ids
+
     def documents(self, rows: list[dict]) -> list[Document | None]:
         """One Document per row (None when a row has no usable text)."""
         # Gather every free-text piece of every row and tokenise them in one batched call.

@@ -22,7 +22,7 @@ from pipeline.dag import run_stage
 from pipeline.readers import REJECT_REASONS
 from pipeline.record_io import list_parquet
 from pipeline.schema import RECORD_SCHEMA, stable_id
-from pipeline.text.normalize import answer_letter, normalize_text, parse_options, render_messages
+from pipeline.text.normalize import normalize_text, render_messages
 
 EN = "Hand washing with soap removes most pathogens from the skin."
 FR = "Le lavage des mains au savon élimine la plupart des agents pathogènes."
@@ -76,28 +76,6 @@ def jsonl_bytes(rows: list[dict]) -> bytes:
 def test_normalize_text_does_nfc_newlines_and_control_characters_only():
     raw = "Cafe\u0301\r\nline two\rline three\u2028tab\there\x00\x07\x1b end  \u200b"
     assert normalize_text(raw) == "Café\nline two\nline three\ntab\there end  \u200b"
-
-
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        (["Aspirin", "Heparin", "Warfarin"], ["Aspirin", "Heparin", "Warfarin"]),
-        (["A. Aspirin", "B) Heparin", "(C) Warfarin"], ["Aspirin", "Heparin", "Warfarin"]),
-        ({"B": "Heparin", "A": "Aspirin", "C": "Warfarin"}, ["Aspirin", "Heparin", "Warfarin"]),
-        ("(A) Aspirin\n(B) Heparin\n(C) Warfarin", ["Aspirin", "Heparin", "Warfarin"]),
-        ("(A) Aspirin (B) Heparin (C) Warfarin", ["Aspirin", "Heparin", "Warfarin"]),
-        ("（A）阿司匹林\n（B）肝素", ["阿司匹林", "肝素"]),
-    ],
-)
-def test_parse_options_accepts_the_common_shapes(options, expected):
-    assert parse_options(options) == expected
-
-
-@pytest.mark.parametrize(
-    ("answer", "letter"), [("C", "C"), ("(C)", "C"), ("c.", "C"), (2, "C"), ("Warfarin", "C")]
-)
-def test_answer_letter(answer, letter):
-    assert answer_letter(answer, ["Aspirin", "Heparin", "Warfarin"]) == letter
 
 
 # ---- formats -------------------------------------------------------------------------------------------

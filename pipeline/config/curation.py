@@ -470,16 +470,25 @@ class QualitySection(Section):
 
 
 class BenchmarkRef(Section):
+    """One benchmark file (read by pipeline.benchmarks, for decontamination and evaluation alike)."""
+
     name: str
     path: str
-    language: str | None = None
-    source: str | None = None
+    format: str | None = Field(
+        None,
+        description="the file's layout: xmedbench, mcq_list, mcq_dict, medmcqa, medmcqa_hf, mmlu_csv, "
+        "cmmlu_csv, pubmedqa, yes_no, headqa (see pipeline/benchmarks.py); a missing one is an error "
+        "that suggests the format the file looks like",
+    )
+    language: str | None = Field(None, description="the questions' language, where rows do not name it")
+    source: str | None = Field(None, description="only the rows of this `source` (XMedBench files)")
+    optional: bool = Field(False, description="zero usable questions is a warning, not an error")
 
 
 class DecontamSection(Section):
     benchmarks: list[BenchmarkRef] = Field(
         default_factory=list,
-        description="MCQ JSONL files (question, options, answer) to decontaminate against",
+        description="benchmark files to decontaminate against (name, path, format, language)",
     )
     ngram_words: int = Field(13, ge=1, description="n-gram length in words (space-segmented languages)")
     ngram_chars: int = Field(50, ge=1, description="n-gram length in characters (zh, ja, th, lo)")

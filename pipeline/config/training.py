@@ -169,13 +169,18 @@ class EvalSection(Section):
         None, description="checkpoint directory to evaluate; OUT/train/export when unset"
     )
     benchmarks: list[BenchmarkRef] = Field(
-        default_factory=list, description="XMedBench/ApolloMoE-format MCQ files (.jsonl or .jsonl.gz)"
+        default_factory=list, description="benchmark files to evaluate on (name, path, format, language)"
     )
     modes: list[Literal["loglik", "generate"]] = Field(default_factory=lambda: ["loglik", "generate"])
     shots: int = Field(3, ge=0, description="solved examples per prompt, drawn from the same source")
     max_prompt_tokens: int = Field(3072, description="drop the last examples while a prompt is longer")
-    max_new_tokens: int = Field(
-        32, description="generate mode: decoding stops earlier at the first full line"
+    protocol: Literal["apollomoe", "medbabel"] = Field(
+        "apollomoe",
+        description="apollomoe: the original ApolloMoE code's prompts, extraction, 256 new tokens and "
+        "aggregation; medbabel: medbabel's variant (docs/eval_report.md lists the differences)",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="generate mode; unset: the protocol's (apollomoe 256, medbabel 32)"
     )
     max_questions_per_language: int | None = Field(None, description="seeded subsample per language")
     batch_size: int = Field(8, ge=1)

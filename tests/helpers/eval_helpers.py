@@ -190,7 +190,10 @@ def evaluated_run(tmp_root: Path, shared_data: Path) -> tuple[Path, Path]:
         "run": {"name": "eval-test", "seed": 0},
         "train": {"chat_template": "User:{q}\nAssistant:{a}<|endoftext|>"},
         "eval": {
-            "benchmarks": [{"name": "xmedbench", "path": str(xmed)}, {"name": "minor", "path": str(minor)}],
+            "benchmarks": [
+                {"name": "xmedbench", "path": str(xmed), "format": "xmedbench"},
+                {"name": "minor", "path": str(minor), "format": "xmedbench"},
+            ],
             "shots": 2,
             "max_prompt_tokens": 600,
             "max_new_tokens": 6,
