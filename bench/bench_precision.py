@@ -61,7 +61,7 @@ CURATED_TYPE = {
     "question": "exam",
     "everyday": "dialogue",
 }
-GENERAL_TYPE = {"sentence": "general", "paragraph": "web", "everyday": "general"}
+GENERAL_TYPE = {"sentence": "general", "paragraph": "general", "everyday": "general"}
 GOALS = {
     "lid_keep": 0.995,
     "lid_keep_everyday": 0.98,
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         dict(q.medical_weight),
         None,
         0,
+        tuple(q.heuristic_types),
     )
     clean = clean_set(args.shared, registry)
     junk = junk_set(clean, registry)
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             gen_reasons = reasons(q_general, idx)
             if gen_reasons:
                 row["quality_removed_general"] = gen_reasons
+                row["quality_examples_general"] = examples(clean, q_general, idx)
         entry[length] = row
     result["clean"] = per_language
 

@@ -343,6 +343,7 @@ class QualityRuleBounds(Section):
     min_line_punct_ratio: float | None = None
     max_boilerplate_fraction: float | None = None
     min_stopwords: float | None = None
+    max_mojibake_ratio: float | None = None
 
 
 def _check_source_type_keys(mapping: dict[str, float]) -> dict[str, float]:
@@ -370,9 +371,14 @@ class QualitySection(Section):
         description="source_type -> minimum quality_score (0.5: the published web filters' bounds; 0: keep all)",
     )
     min_words: dict[str, float] = Field(
-        default_factory=lambda: {"default": 5, "web": 50, "terminology": 1},
-        description="source_type -> fewest words (Gopher's 50 for web text; scaled by chars_per_word "
+        default_factory=lambda: {"default": 1, "web": 50},
+        description="source_type -> fewest words (Gopher's 50 for web pages; scaled by chars_per_word "
         "for unsegmented scripts)",
+    )
+    heuristic_types: list[SourceType] = Field(
+        default_factory=lambda: ["web", "general"],
+        description="source types judged by every heuristic rule; the others (curated sources) only by "
+        "the defect rules: boilerplate, encoding garbage, duplicated lines and paragraphs",
     )
     rules: dict[str, QualityRuleBounds] = Field(
         default_factory=dict, description="language code (or 'default') -> rule bound overrides"

@@ -25,7 +25,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipeline import medical_classifier as mc
 from pipeline.pii import scrub
-from pipeline.quality_signals import LanguageRules, assess, load_language_rules
+from pipeline.quality_signals import HEURISTIC_TYPES, LanguageRules, assess, load_language_rules
 from pipeline.schema import QUALITY_SIGNALS
 from pipeline.segment import segment
 from pipeline.stage import StageContext
@@ -149,8 +149,10 @@ class QualityFilter(RecordFilter):
         medical_weight: dict[str, float],
         model_dir: Path | None,
         seed: int,
+        heuristic_types: tuple[str, ...] = HEURISTIC_TYPES,
     ):
         super().__init__(quarantine_dir, stage)
+        self.heuristic_types = frozenset(heuristic_types)
         self.rules = rules
         self.thresholds = thresholds
         self.min_words = min_words
@@ -180,6 +182,7 @@ class QualityFilter(RecordFilter):
                 _by_type(self.min_words, source_type),
                 medical_score,
                 _by_type(self.medical_weight, source_type),
+                heuristics=source_type in self.heuristic_types,
             )
             doc.metadata["quality_signals"] = {name: result.signals.get(name) for name in SIGNAL_NAMES}
             doc.metadata["quality_score"] = result.score
@@ -225,6 +228,7 @@ def run(ctx: StageContext) -> dict:
             dict(q.medical_weight),
             model_dir if info.get("status") == "trained" else None,
             cfg.run.seed,
+            tuple(q.heuristic_types),
         ),
         RecordWriter(ctx.output_dir),
     ]

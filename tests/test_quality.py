@@ -10,7 +10,17 @@ import json
 import pytest
 from conftest import fake_upstream, record, write_records
 
-from pipeline.quality_signals import _LINE_SEPARATORS, assess, combine, load_language_rules, rule_score
+from pipeline.quality_signals import (
+    _LINE_SEPARATORS,
+    RULES,
+    assess,
+    combine,
+    compute_signals,
+    confidence,
+    load_language_rules,
+    rule_score,
+    score_rules,
+)
 from pipeline.segment import segment
 from pipeline.stage import run_stage
 from pipeline.steps import list_parquet, read_records
@@ -272,6 +282,76 @@ def test_cjk_documents_are_measured_in_characters(rules):
         _judge(rules, GOOD["ja"], "ja").signals["mean_word_length"]
         < rules["en"].bounds["min_mean_word_length"]
     )
+
+
+def test_short_text_is_not_judged_by_rules_meaningless_on_it(rules):
+    """Real TICO-19 sentences the web heuristics removed: no stop word in a short Arabic sentence,
+    numbers in a short Russian one, a repeated name in a short English one. Each rule's bound loosens
+    with the text's length (full confidence at `full_words`), so the same signal removes a long text."""
+    cases = [
+        ("ar", "ويلزم أيضًا فحص ضغط كوليسترول الدم لديك", "stopword_ratio"),
+        (
+            "ru",
+            "На 28 марта 2020 года по всему миру было 571 678 подтвержденных случаев COVID-19.",
+            "alpha_word_ratio",
+        ),
+        (
+            "en",
+            "SARS-CoV-2 infection: how SARS-CoV-2 infection spreads and how SARS-CoV-2 infection is found",
+            None,
+        ),
+    ]
+    for language, sentence, _ in cases:
+        result = _judge(rules, sentence, language, min_words=1)
+        assert result.score >= 0.5, (language, result.weakest, result.signals)
+    # the same signals on a long text: judged in full
+    arabic_without_stop_words = " ".join(["فحص ضغط كوليسترول الدم المريض"] * 6 + ["علاج"] * 30)
+    assert _judge(rules, arabic_without_stop_words, "ar", min_words=1).weakest in {
+        "stopword_ratio",
+        "top_ngram_fraction",
+        "dup_ngram_fraction",
+    }
+    long_numbers = " ".join(f"{i} {i + 1} {i + 2} случаев" for i in range(40))
+    assert _judge(rules, long_numbers, "ru", min_words=1).score < 0.5
+    # a confidence below MIN_CONFIDENCE: not judged at all; at half the full length: a bound twice as loose
+    rule = next(r for r in RULES if r.signal == "top_ngram_fraction")
+    en = rules["en"]
+    assert confidence(rule, {"n_words": 10, "n_lines": 1}, en, True) == 0.0
+    assert confidence(rule, {"n_words": 50, "n_lines": 1}, en, True) == 0.5
+    signals = {"n_words": 50.0, "n_lines": 1.0, "top_ngram_fraction": 0.3}
+    assert score_rules(signals, en, 1)["top_ngram_fraction"] > 0.5  # 0.3 < 0.18 / 0.5
+    assert score_rules({**signals, "n_words": 200.0}, en, 1)["top_ngram_fraction"] < 0.5
+
+
+def test_curated_sources_are_judged_only_for_defects(rules):
+    """A curated source (book, paper, guideline...) keeps short and list-like clean text the web
+    heuristics would remove, but still loses boilerplate, mojibake and duplicated lines."""
+    en = rules["en"]
+    short_list = "Symptoms\nFever\nCough\nShortness of breath\nTiredness"
+    as_web = assess(short_list, segment(short_list, "space"), en, 1, heuristics=True)
+    as_paper = assess(short_list, segment(short_list, "space"), en, 1, heuristics=False)
+    assert (
+        as_web.score < 0.5
+        and as_paper.score == 1.0
+        and as_paper.rule_scores.keys()
+        <= {
+            "n_words",
+            "dup_line_fraction",
+            "dup_paragraph_fraction",
+            "boilerplate_fraction",
+            "mojibake_ratio",
+        }
+    )
+    defects = {
+        "boilerplate_fraction": "© 2024 Health Portal. All rights reserved.\nPrivacy Policy | Terms of Use",
+        "mojibake_ratio": "La fiÃ¨vre est un symptÃ´me frÃ©quent de la grippe et dÃ©bute brutalement.",
+        "dup_line_fraction": "\n".join(["Wash your hands often."] * 6),
+    }
+    for signal, text in defects.items():
+        result = assess(text, segment(text, "space"), en, 1, heuristics=False)
+        assert result.score < 0.3 and result.rule_scores[signal] < 0.3, (signal, result.rule_scores)
+    clean = "La fièvre est un symptôme fréquent de la grippe et débute brutalement."
+    assert compute_signals(clean, segment(clean, "space"), rules["fr"])["mojibake_ratio"] == 0.0
 
 
 def test_rule_ramp_and_combination():
