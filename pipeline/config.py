@@ -313,6 +313,22 @@ class LangIdSection(Section):
     )
     min_words_for_common_words: int = Field(20, ge=1, description="fewer words: not judged by common words")
     min_chars: int = Field(30, ge=0, description="shorter texts are too short to judge and are kept")
+    short_text_chars: int = Field(
+        100, ge=0, description="shorter texts are removed only on contrary evidence, not on a low score alone"
+    )
+    short_contradiction: float = unit_interval(
+        0.3, "short texts: a language outside the group this probable is contrary evidence ..."
+    )
+    short_margin: float = unit_interval(0.2, "... when it is this much above the declared group")
+    short_min_words: int = Field(
+        4,
+        ge=1,
+        description="short texts: this many words and not one common word of the language is contrary evidence",
+    )
+    common_word_support: float = unit_interval(
+        0.2,
+        "a text with this share of the declared language's common words is kept whatever the model's score",
+    )
     top_k: int = Field(5, ge=1, description="predictions per text considered for the declared language")
     batch_size: int = Field(512, ge=1)
 
