@@ -593,6 +593,52 @@ def test_demo_finds_every_planted_item_and_rejects_exactly_the_broken_lines(demo
     assert sorted(r["language"] for r in forum) == ["en", "es"]  # `EN-us` mapped to en
 
 
+def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
+    """Language ID and quality as the stages run them (demo config) on the collected sample: every
+    planted junk page and mislabelled record is removed, and under 1% of the other records."""
+    from datatrove.data import Document
+
+    from pipeline.quality_signals import load_language_rules
+    from pipeline.registry import load_registry
+    from pipeline.text import content_text
+    from stages.langid import make_verifier
+    from stages.quality import QualityFilter
+
+    records, _, _ = demo
+    cfg, registry = load_config(ROOT / "configs" / "demo.yaml"), load_registry()
+    verdicts = make_verifier(cfg.langid, registry).verify_batch(
+        [content_text(r["text"], r["messages"], r["exam"]) for r in records], [r["language"] for r in records]
+    )
+    q = cfg.quality
+    quality = QualityFilter(
+        "unused",
+        "quality",
+        load_language_rules(registry, q.rules),
+        dict(q.thresholds),
+        dict(q.min_words),
+        dict(q.medical_weight),
+        None,
+        0,
+        tuple(q.heuristic_types),
+    )
+    docs = [
+        Document(r["text"], r["id"], metadata={"language": r["language"], "source_type": r["source_type"]})
+        for r in records
+    ]
+    removed = {
+        r["id"]
+        for r, v, rejection in zip(records, verdicts, quality.check_batch(docs), strict=True)
+        if not v.keep or rejection is not None
+    }
+    planted = {
+        p["record_id"]
+        for p in json.loads((SAMPLE / "planted.json").read_text())
+        if p["kind"] in ("junk", "wrong_language")
+    }
+    assert len(planted) == 12 and planted <= removed
+    assert len(removed - planted) < 0.01 * len(records), removed - planted
+
+
 def test_example_config_documents_every_source_and_collect_option():
     text = (ROOT / "configs" / "example_full.yaml").read_text()
     cfg = load_config(ROOT / "configs" / "example_full.yaml")
