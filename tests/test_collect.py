@@ -78,6 +78,21 @@ def test_normalize_text_does_nfc_newlines_and_control_characters_only():
     assert normalize_text(raw) == "Café\nline two\nline three\ntab\there end  \u200b"
 
 
+def test_bidi_overrides_are_removed_and_joiners_kept():
+    """Embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) go; the zero-width joiner and
+    non-joiner inside Indic and Persian-script words, and the bidi marks, stay."""
+    overrides = "".join(chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+    assert normalize_text(f"dose{overrides} 5 mg") == "dose 5 mg"
+    trojan = "access = \u202euser\u2066 // admin\u2069\u2066"
+    assert normalize_text(trojan) == "access = user // admin"
+    persian = "می\u200cخواهم"  # ZWNJ between the prefix and the verb
+    malayalam = "ന്\u200d"  # ZWJ forming a chillu
+    hindi = "क्\u200dष"  # ZWJ in a conjunct
+    marks = "\u200fשלום\u200e abc"  # RLM, LRM
+    for text in (persian, malayalam, hindi, marks):
+        assert normalize_text(text) == text
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
