@@ -141,6 +141,43 @@ def test_model_path_option(tmp_path, write_config, registry):
         LanguageVerifier(registry, model_path=str(tmp_path / "missing.ftz"))
 
 
+def test_glotlid_labels_map_to_registry_languages(tmp_path, write_config, shared_data, registry):
+    """A user who points `langid.model_path` at GlotLID (`langid.model: glotlid`) gets registry codes:
+    a small fastText model trained here on GlotLID v3 labels (eng_Latn, swh_Latn, arb_Arab...) from
+    TICO-19 sentences stands in for the real one."""
+    import fasttext
+
+    glotlid = {"en": "eng_Latn", "fr": "fra_Latn", "sw": "swh_Latn", "ar": "arb_Arab", "ru": "rus_Cyrl"}
+    assert {code: registry.get(code).lid_labels_for("glotlid")[0] for code in glotlid} == glotlid
+    assert not registry.languages_without_lid("glotlid")  # every registry language has a label
+    by_language = tico_paragraphs(shared_data, registry, per_language=60, languages=set(glotlid))
+    train = tmp_path / "train.txt"
+    train.write_text(
+        "".join(
+            f"__label__{glotlid[code]} {text.replace(chr(10), ' ')}\n"
+            for code, paragraphs in by_language.items()
+            for text in paragraphs[:50]
+        ),
+        encoding="utf-8",
+    )
+    model = fasttext.train_supervised(
+        str(train), lr=1.0, epoch=50, minn=2, maxn=4, dim=16, thread=1, seed=0, verbose=0
+    )
+    model.save_model(str(tmp_path / "glotlid-tiny.bin"))
+    rows = [
+        record(f"{code}-{i}", text, code)
+        for code, paragraphs in by_language.items()
+        for i, text in enumerate(paragraphs[50:])
+    ]
+    rows.append(record("fr-as-sw", by_language["fr"][55], "sw"))
+    _, kept, removed = run_langid(
+        tmp_path, write_config, rows, model="glotlid", model_path=str(tmp_path / "glotlid-tiny.bin")
+    )
+    assert set(removed) == {"fr-as-sw"}, {k: r["quarantine_detail"] for k, r in removed.items()}
+    assert removed["fr-as-sw"]["quarantine_detail"].startswith("declared sw, detected fr")
+    assert all(r["lid_language"] == r["language"] for r in kept.values())
+
+
 def test_keep_and_catch_rates_small(shared_data, registry):
     """Small version of the benchmark: TICO-19 paragraphs + held-out paragraphs, all 50 languages."""
     paragraphs = tico_paragraphs(shared_data, registry)
