@@ -37,6 +37,9 @@ class Section(BaseModel):
 class RunSection(Section):
     name: str = "medbabel"
     seed: int = 0
+    warn_removed_share: float = unit_interval(
+        0.05, "a filtering stage that removes more than this share of one language of one source warns"
+    )
 
 
 class RegistrySection(Section):

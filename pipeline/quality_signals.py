@@ -301,9 +301,10 @@ def rule_score(value: float, bound: float, upper: bool, margin: float, min_margi
 
 
 def confidence(rule: Rule, signals: dict[str, float | None], rules: LanguageRules, heuristics: bool) -> float:
-    """How far `rule` may judge this text, in [0, 1]: 0 for a heuristic rule on a curated source, or a
-    text too short (see `Rule`); otherwise the share of `full_words` the text has, at most 1."""
-    if not (rule.defect or heuristics or rule.bound == "max_words"):
+    """How far `rule` may judge this text, in [0, 1]: 0 for a web heuristic on a curated source (the
+    length bounds, set per source type, always judge), or a text too short (see `Rule`); otherwise the
+    share of `full_words` the text has, at most 1."""
+    if not (rule.defect or heuristics or rule.signal == "n_words"):  # lengths: set per source type
         return 0.0
     if signals.get("n_lines", 1) < rule.min_lines:
         return 0.0
