@@ -324,7 +324,7 @@ class LangIdSection(Section):
     )
     short_margin: float = unit_interval(0.2, "... when it is this much above the declared group")
     short_min_words: int = Field(
-        4,
+        6,
         ge=1,
         description="short texts: this many words and not one common word of the language is contrary evidence",
     )

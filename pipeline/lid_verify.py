@@ -32,7 +32,7 @@ from typing import NamedTuple
 import regex
 
 from pipeline.langid import LanguageIdentifier, LidPrediction
-from pipeline.quality_signals import stopword_lists
+from pipeline.quality_signals import common_word_lists
 from pipeline.registry import Registry
 
 WRONG_LANGUAGE = "wrong_language"
@@ -87,7 +87,7 @@ class LidThresholds:
     short_text_chars: int = 100
     short_contradiction: float = 0.3
     short_margin: float = 0.2
-    short_min_words: int = 4
+    short_min_words: int = 6
     # A text at least this share of whose words are the declared language's common words (and no
     # other listed language's more) reads as that language whatever the model's score.
     common_word_support: float = 0.2
@@ -191,8 +191,8 @@ class CommonWords:
 
     @classmethod
     def shipped(cls) -> CommonWords:
-        """The stop-word lists of `pipeline/quality_languages.yaml`."""
-        return cls(stopword_lists())
+        """The common-word lists of `pipeline/quality_languages.yaml` (`common_word_lists`)."""
+        return cls(common_word_lists())
 
     def counts(self, words: Iterable[str]) -> Counter[str]:
         """How many of `words` are on each language's list."""

@@ -123,11 +123,37 @@ def _language_file() -> dict:
 
 @lru_cache(maxsize=1)
 def stopword_lists() -> dict[str, list[str]]:
-    """The shipped stop-word lists by language code (quality's stop-word rule, language ID's check of
-    the languages its model lacks); checked once. Read-only: callers share it."""
+    """Stop words by language code for the quality stage's stop-word rule: the maintained lists
+    (stopwords-iso) where `maintained_stopwords` names the language, else medbabel's small lists.
+    Read-only: callers share it."""
+    return {**common_word_lists(), **maintained_stopword_lists()}
+
+
+@lru_cache(maxsize=1)
+def common_word_lists() -> dict[str, list[str]]:
+    """Language ID's common words: medbabel's small lists (`stopwords` in quality_languages.yaml, chosen
+    to tell languages apart), and the maintained lists for the languages those lack; checked once."""
     lists = _language_file()["stopwords"]
     check_stopword_lists(lists, LANGUAGE_RULES_PATH)
-    return lists
+    return {**maintained_stopword_lists(), **lists}
+
+
+@lru_cache(maxsize=1)
+def maintained_stopword_lists() -> dict[str, list[str]]:
+    """The stopwords-iso lists (package `stopwordsiso`, offline) of the languages `maintained_stopwords`
+    names, lower-cased like the segmented words they are matched against."""
+    import stopwordsiso
+
+    spec = _language_file()["maintained_stopwords"]
+    missing = [code for code in spec["languages"] if not stopwordsiso.has_lang(str(code))]
+    if missing:
+        raise ValueError(
+            f"{LANGUAGE_RULES_PATH}: maintained_stopwords: stopwordsiso has no list for {missing}"
+        )
+    return {
+        str(code): sorted({w.lower() for w in stopwordsiso.stopwords(str(code))})
+        for code in spec["languages"]
+    }
 
 
 def check_stopword_lists(lists: dict, path: Path) -> None:

@@ -242,9 +242,18 @@ def test_stopword_rule_only_where_a_list_exists(rules):
         "đau khớp và phát ban trên da. Người bệnh nên uống nhiều nước, nghỉ ngơi và đến bệnh viện ngay khi "
         "chảy máu chân răng hoặc nôn nhiều lần. Ngủ màn và dùng thuốc chống muỗi là cách phòng bệnh tốt nhất."
     )
-    result = _judge(rules, vietnamese, "vi")
-    assert rules["vi"].stopwords is None and result.signals["stopword_ratio"] is None
+    result = _judge(rules, vietnamese, "vi")  # stopwords-iso's Vietnamese list
+    assert rules["vi"].stopwords is not None and result.signals["stopword_ratio"] > 0.1
     assert result.score >= 0.5, (result.weakest, result.signals)
+    korean = (
+        "뎅기열은 모기에 물려 전파되는 바이러스 질환입니다. 증상으로는 고열, 두통, 관절통과 피부 발진이 있습니다. "
+        "환자는 물을 많이 마시고 충분히 쉬어야 하며, 잇몸에서 피가 나거나 구토를 반복하면 즉시 병원에 가야 합니다. "
+        "모기장과 모기 기피제를 사용하는 것이 가장 좋은 예방법입니다. 물웅덩이를 없애면 모기가 줄어듭니다. "
+        "증상이 나타나면 해열제로 아스피린 대신 아세트아미노펜을 쓰는 것이 안전합니다."
+    )
+    result = _judge(rules, korean, "ko")  # no list: particles attach to the word
+    assert rules["ko"].stopwords is None and result.signals["stopword_ratio"] is None
+    assert "stopword_ratio" not in result.rule_scores
     swahili = (
         "Homa ya dengue ni ugonjwa unaosababishwa na virusi vinavyoenezwa na mbu. Dalili zake ni homa kali, "
         "maumivu ya kichwa, maumivu ya viungo na vipele kwenye ngozi. Mgonjwa anashauriwa kunywa maji mengi "
@@ -526,5 +535,10 @@ def test_stop_word_lists_are_words_and_a_yaml_boolean_is_named():
 
     lists = stopword_lists()
     assert {"on", "no"} <= set(lists["en"]) | set(lists["es"]) and "n" in lists["bm"]
+    from pipeline.quality_signals import common_word_lists
+
+    # language ID keeps the small lists built to tell languages apart; quality takes stopwords-iso's
+    assert len(common_word_lists()["en"]) < 100 < len(lists["en"]) and "ndi" in common_word_lists()["ig"]
+    assert "ko" not in lists and {"hr", "cs", "he", "la"} <= set(lists)
     with pytest.raises(ValueError, match=r"quality_languages.yaml: stopwords.en: True is not a word"):
         check_stopword_lists({"en": ["the", True]}, LANGUAGE_RULES_PATH)
