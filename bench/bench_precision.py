@@ -70,6 +70,7 @@ GOALS = {
     "junk_caught": 0.95,
     "junk_caught_per_kind": 0.90,
     "wrong_caught": 0.95,
+    "translations_accepted": 0.99,
 }
 SEED = 23
 
@@ -235,6 +236,60 @@ def wrong_set(clean: list[dict], registry: Registry) -> list[dict]:
     return items
 
 
+# ---- translation checks on human translations ---------------------------------------------------------
+def translation_checks(shared: Path, registry: Registry) -> dict:
+    """TICO-19's human translations of its English sentences, served by the loopback LLM server
+    (tests/llm_server.py) as replies to translation requests, through the translate stage's output
+    checks (`pipeline.llm.checks.OutputChecker`): the share accepted per target language."""
+    import http.client
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from llm_server import FakeLLM, LoopbackServer, tico_parallel
+
+    from pipeline.langid import LanguageIdentifier
+    from pipeline.llm.checks import OutputChecker
+
+    parallel = tico_parallel(shared / "tico19_health_sentences.jsonl.gz")
+    checker = OutputChecker(registry, LanguageIdentifier(registry))
+    accepted: dict[str, list[bool]] = defaultdict(list)
+    rejected: list[str] = []
+    with LoopbackServer(FakeLLM(parallel)) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port)
+        for english, translations in parallel.items():
+            for raw_target in sorted(translations):
+                target = registry_code(registry, raw_target)
+                if target is None or target == "en" or raw_target != target:
+                    continue
+                name = registry.get(target).name
+                body = {
+                    "model": "human",
+                    "messages": [
+                        {"role": "system", "content": f"Translate.\nTarget language: {name} ({target})"},
+                        {"role": "user", "content": english},
+                    ],
+                }
+                connection.request(
+                    "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+                )
+                reply = json.loads(connection.getresponse().read())["choices"][0]["message"]["content"]
+                problem = checker.check_translation(english, reply, "en", target)
+                accepted[target].append(problem is None)
+                if problem is not None:
+                    rejected.append(
+                        f"{target} {problem.reason}: {english[:60]!r} -> {reply[:60]!r} ({problem.detail})"
+                    )
+        connection.close()
+    total = [flag for flags in accepted.values() for flag in flags]
+    return {
+        "accepted": rate(total),
+        "n": len(total),
+        "per_language": {
+            code: {"n": len(flags), "accepted": rate(flags)} for code, flags in sorted(accepted.items())
+        },
+        "rejected_examples": rejected[:40],
+    }
+
+
 # ---- the stages -------------------------------------------------------------------------------------
 def run_langid(verifier, items: list[dict]) -> list[tuple[bool, str | None, str | None]]:
     out = []
@@ -398,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             ][:2],
         }
     result["wrong_language"] = wrong_out
+    result["translation_checks"] = translation_checks(args.shared, registry)
     result["summary"] = summarize(result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(table(result))
@@ -451,6 +507,16 @@ def summarize(result: dict) -> dict:
                 if row["caught"] < GOALS["wrong_caught"]:
                     misses.append(f"{true}/{length} {row['caught']:.3f}")
     out["wrong_caught"] = {"goal": GOALS["wrong_caught"], "cells": cells, "missed": misses}
+    checks = result["translation_checks"]
+    out["translations_accepted"] = {
+        "goal": GOALS["translations_accepted"],
+        "value": checks["accepted"],
+        "missed": [
+            f"{code} {row['accepted']:.3f}"
+            for code, row in checks["per_language"].items()
+            if row["accepted"] < GOALS["translations_accepted"]
+        ],
+    }
     return out
 
 
