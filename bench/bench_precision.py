@@ -16,6 +16,7 @@ classifier (it is trained on the corpus being curated; its weight is reported as
 is scored twice for quality: as a curated source type and as `general`/`web` text.
 
     python bench/bench_precision.py [--shared ../shared/data] [--out bench/results/precision.json]
+    python bench/bench_precision.py --markdown bench/results/precision.json   # the docs' table
 """
 
 from __future__ import annotations
@@ -563,5 +564,33 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The per-language table of the docs: language ID and quality keep rates of clean text, worst
+    over lengths where noted, and the wrong-language catch rate at sentence length."""
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [
+        "| lang | LID keep: term / everyday / sentence / question / paragraph | quality keep, curated (worst length) "
+        "| quality keep, general (worst length) | wrong label caught, sentence / paragraph |",
+        "|---|---|---|---|---|",
+    ]
+    cross = result["wrong_language"].get("cross_group", {})
+    for code, by_length in result["clean"].items():
+        lid = " / ".join(cell(by_length.get(n, {}).get("lid_keep")) for n in LENGTHS)
+        curated = min((r["quality_keep_curated"] for r in by_length.values()), default=None)
+        general = [r["quality_keep_general"] for r in by_length.values() if "quality_keep_general" in r]
+        wrong = cross.get(code, {})
+        caught = " / ".join(cell(wrong.get(n, {}).get("caught")) for n in ("sentence", "paragraph"))
+        rows.append(
+            f"| `{code}` | {lid} | {cell(curated)} | {cell(min(general) if general else None)} | {caught} |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        raise SystemExit(0)
     raise SystemExit(main())
