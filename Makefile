@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,ray,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,bench,kernels]'
 	@touch $@
 
 setup: $(VENV)/.installed

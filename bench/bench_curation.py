@@ -56,12 +56,12 @@ from lid_eval import evaluate, load_paragraphs  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.lid_verify import LanguageVerifier  # noqa: E402
-from pipeline.minhash import MinHasher, jaccard, shingle_set  # noqa: E402
+from pipeline.dag import run_stage  # noqa: E402
+from pipeline.record_io import list_parquet, read_records, record_to_document  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.segment import segment  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
-from pipeline.steps import list_parquet, read_records, record_to_document  # noqa: E402
+from pipeline.text.lid_verify import LanguageVerifier  # noqa: E402
+from pipeline.text.minhash import MinHasher, jaccard, shingle_set  # noqa: E402
+from pipeline.text.segment import segment  # noqa: E402
 from stages.dedup import DedupSignatures, DedupWorkspace  # noqa: E402
 from stages.langid import LanguageIdFilter  # noqa: E402
 
@@ -209,7 +209,7 @@ def bench_tokens(docs: list[dict], repeats: int) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core, like the stage
     from tokenizers import Tokenizer
 
-    from pipeline.tokenizer import Qwen2TokenCounter, qwen2_tokenizer_dir
+    from pipeline.text.tokenizer import Qwen2TokenCounter, qwen2_tokenizer_dir
 
     path = qwen2_tokenizer_dir() / "tokenizer.json"
     texts = [d["text"] for d in docs]
@@ -273,8 +273,8 @@ def bench_signatures(docs: list[dict], registry, repeats: int) -> dict:
 
 # ---- 3. the whole chain ----------------------------------------------------------------------------
 def write_subset(rows: list[dict], directory: Path) -> None:
+    from pipeline.record_io import AtomicParquetFile
     from pipeline.schema import RECORD_SCHEMA
-    from pipeline.steps import AtomicParquetFile
 
     directory.mkdir(parents=True, exist_ok=True)
     with AtomicParquetFile(directory / "00000.parquet", RECORD_SCHEMA) as out:

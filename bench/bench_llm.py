@@ -1,6 +1,6 @@
 """LLM client throughput against the loopback chat-completions server with a fixed 200 ms latency.
 
-The server runs in its own process (tests/llm_server.py), so the client's CPU time is its own.
+The server runs in its own process (tests/helpers/llm_server.py), so the client's CPU time is its own.
 For each concurrency the ideal rate is concurrency / latency; the goal is >= 90% of it at 64.
 Each case runs three times and reports its best run (all three are in the JSON): on a shared
 machine the slower runs measure the other processes.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "helpers")]
 
 import httpx2  # noqa: E402
 import openai  # noqa: E402
@@ -48,7 +48,7 @@ SYSTEM = "You are a professional medical translator.\nTarget language: French (f
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, str(ROOT / "tests" / "llm_server.py"), "--latency", str(LATENCY_S)]
+    args = [sys.executable, str(ROOT / "tests" / "helpers" / "llm_server.py"), "--latency", str(LATENCY_S)]
     if TICO.exists():
         args += ["--parallel", str(TICO)]
     server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -147,7 +147,7 @@ def stage_row(base_url: str, concurrency: int) -> dict:
     from llm_server import tico_parallel
 
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     sentences = (
         list(tico_parallel(TICO)) if TICO.exists() else [f"Patient {i} has a fever." for i in range(320)]

@@ -39,10 +39,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from provenance import write_result  # noqa: E402
 
 from pipeline.config import LangIdSection, QualitySection  # noqa: E402
-from pipeline.pii import scrub  # noqa: E402
-from pipeline.quality_signals import load_language_rules  # noqa: E402
 from pipeline.registry import Registry, UnknownLanguageError, load_registry  # noqa: E402
-from pipeline.text import (  # noqa: E402
+from pipeline.text.normalize import (  # noqa: E402
     ExamFormatError,
     answer_letter,
     content_text,
@@ -50,6 +48,8 @@ from pipeline.text import (  # noqa: E402
     parse_options,
     render_messages,
 )
+from pipeline.text.pii import scrub  # noqa: E402
+from pipeline.text.quality_signals import load_language_rules  # noqa: E402
 from stages.langid import make_verifier  # noqa: E402
 from stages.quality import QualityFilter  # noqa: E402
 
@@ -247,8 +247,8 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from llm_server import FakeLLM, LoopbackServer, tico_parallel
 
-    from pipeline.langid import LanguageIdentifier
     from pipeline.llm.checks import OutputChecker
+    from pipeline.text.fasttext_lid import LanguageIdentifier
 
     parallel = tico_parallel(shared / "tico19_health_sentences.jsonl.gz")
     checker = OutputChecker(registry, LanguageIdentifier(registry))

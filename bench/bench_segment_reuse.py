@@ -5,7 +5,7 @@ dedup could store the words in a list<string> column that later stages read back
 if moving the column across the stage boundaries between them costs less than segmenting again.
 This script measures both on the same benchmark documents, on one core:
 
-* segment: `pipeline.segment.segment` over every document (what each stage does now);
+* segment: `pipeline.text.segment.segment` over every document (what each stage does now);
 * one boundary: the words to an Arrow column, written as zstd Parquet, read back and turned into
   Python lists (what every stage in between, and the consumer, would pay).
 
@@ -30,7 +30,7 @@ from corpus import cached_corpus  # noqa: E402
 from provenance import write_result  # noqa: E402
 
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.segment import segment  # noqa: E402
+from pipeline.text.segment import segment  # noqa: E402
 
 BOUNDARIES_DEDUP_TO_QUALITY = 3  # langid, families (read and write the column), quality (reads it)
 

@@ -9,8 +9,8 @@ registry languages it has). Some originals get planted copies, which form a *fam
   0.4 to 0.97;
 * translations: the same TICO sentence indices in another language (never duplicates).
 
-Ground truth for dedup is exact Jaccard on word 5-grams (`pipeline.minhash.shingle_set` over
-`pipeline.segment.segment`). Two documents of different families share no planted text; they can
+Ground truth for dedup is exact Jaccard on word 5-grams (`pipeline.text.minhash.shingle_set` over
+`pipeline.text.segment.segment`). Two documents of different families share no planted text; they can
 only reach a high Jaccard by drawing nearly the same sentences in the same order, and
 `cross_family_high_jaccard_pairs` checks that this does not happen (pairs sharing a consecutive
 sentence pair are compared exactly).
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.schema import RECORD_SCHEMA
-from pipeline.segment import segment
+from pipeline.text.segment import segment
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 FORMAT_VERSION = 2

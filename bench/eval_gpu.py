@@ -22,16 +22,16 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import git_commit  # noqa: E402
 
-from moe_train.mcq import load_benchmark  # noqa: E402
-from moe_train.model import (  # noqa: E402
+from moe_train.eval.mcq import load_benchmark  # noqa: E402
+from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
+from moe_train.upcycle import (  # noqa: E402
     PRESETS,
     dense_config,
     moe_config_from_dense,
     no_shared_expert_warning,
 )
-from moe_train.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
+from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 

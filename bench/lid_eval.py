@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.lid_verify import LanguageVerifier
 from pipeline.registry import Registry, UnknownLanguageError
+from pipeline.text.lid_verify import LanguageVerifier
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_paragraphs.jsonl"
 SENTENCES_PER_PARAGRAPH = 4

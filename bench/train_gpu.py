@@ -42,9 +42,9 @@ from provenance import git_commit  # noqa: E402
 from moe_train.data import PackedSequence, collate  # noqa: E402
 from moe_train.flops import attention_pairs, peak_flops, training_flops  # noqa: E402
 from moe_train.loss import IGNORE_INDEX  # noqa: E402
-from moe_train.model import dense_config, upcycle  # noqa: E402
 from moe_train.routing import NO_EXPERT  # noqa: E402
 from moe_train.train import StepRunner, lr_factor, make_optimizer, prepare_model, setup_runtime  # noqa: E402
+from moe_train.upcycle import dense_config, upcycle  # noqa: E402
 from pipeline.config import TrainSection  # noqa: E402
 
 NUM_EXPERTS = 7  # the family7 scheme
@@ -248,7 +248,7 @@ def moe_block_times(shape: str, tokens: int, runtime, repeats: int = 10) -> dict
     from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
 
     from moe_train.experts import AUTOCAST_GROUPED_MM
-    from moe_train.model import NoSharedExpert, moe_config_from_dense, no_shared_expert_warning
+    from moe_train.upcycle import NoSharedExpert, moe_config_from_dense, no_shared_expert_warning
 
     config = moe_config_from_dense(dense_config(shape), NUM_EXPERTS)
     device = runtime.device

@@ -26,8 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from provenance import git_commit  # noqa: E402
 
-from moe_train.model import no_shared_expert_warning  # noqa: E402
 from moe_train.train import trainer_from_config  # noqa: E402
+from moe_train.upcycle import no_shared_expert_warning  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 

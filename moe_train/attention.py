@@ -108,12 +108,3 @@ def varlen_attention_forward(
 
 _VARLEN_API = _varlen_api()  # resolved once here, not inside compiled code
 AttentionInterface.register(VARLEN, varlen_attention_forward)
-
-
-def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """Cumulative document lengths (int32, starting at 0) over the flattened batch; a document starts
-    wherever the position id is 0, and every batch row starts a new one."""
-    flat = position_ids.reshape(-1)
-    starts = (flat == 0).nonzero().flatten()
-    total = torch.tensor([flat.numel()], device=flat.device, dtype=starts.dtype)
-    return torch.cat([starts, total]).to(torch.int32)

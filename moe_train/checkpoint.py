@@ -115,7 +115,7 @@ def export_model(
     """Write a stock Qwen2-MoE checkpoint (safetensors, config, tokenizer, generation config) atomically."""
     from transformers import GenerationConfig
 
-    from moe_train.model import complete_state_dict, new_moe_model
+    from moe_train.upcycle import complete_state_dict, new_moe_model
 
     config = config.__class__.from_dict(config.to_dict())
     config.eos_token_id = eos_token_ids[0]

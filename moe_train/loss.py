@@ -14,6 +14,10 @@ those kernels costing about as much as the LM-head matmuls themselves.
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
+
 import torch
 
 from moe_train.compiled import on_cuda
@@ -113,3 +117,47 @@ def per_token_cross_entropy(
         logits = hidden[start : start + chunk_size] @ weight.T
         out[start : start + chunk_size] = loss_only(logits, torch.where(valid, y, 0), valid)
     return out
+
+
+LOSS_KERNELS = ("medbabel", "liger", "cce")
+
+SummedCrossEntropy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def summed_cross_entropy(kernel: str, chunk_size: int = 4096) -> SummedCrossEntropy:
+    """`(hidden, weight, labels) -> summed loss` through one of the fused linear cross-entropy kernels.
+
+    `medbabel` is `linear_cross_entropy` above; `liger` is Liger-Kernel's fused linear cross-entropy
+    (Triton: CUDA, or on the CPU only interpreted, with TRITON_INTERPRET=1 set before Triton is
+    imported); `cce` is Apple's cut cross-entropy (its Triton kernel on CUDA, its torch.compile
+    implementation elsewhere). bench/loss_kernels_gpu.py compares them.
+    """
+    if kernel == "medbabel":
+        return functools.partial(linear_cross_entropy, chunk_size=chunk_size)
+    if kernel == "liger":
+        fused = _import_kernel("liger_kernel.transformers.functional", "liger-kernel")
+        return functools.partial(
+            fused.liger_fused_linear_cross_entropy, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+    if kernel == "cce":
+        cce = _import_kernel("cut_cross_entropy", "cut-cross-entropy")
+
+        def cut_cross_entropy(
+            hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+        ) -> torch.Tensor:
+            impl = "cce" if hidden.is_cuda else "torch_compile"
+            return cce.linear_cross_entropy(
+                hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="sum", impl=impl
+            )
+
+        return cut_cross_entropy
+    raise ValueError(f"unknown loss kernel '{kernel}'; kernels: {', '.join(LOSS_KERNELS)}")
+
+
+def _import_kernel(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"loss kernel needs the '{package}' package: pip install 'medbabel[kernels]' ({exc})"
+        ) from None

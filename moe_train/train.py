@@ -58,8 +58,8 @@ from moe_train.data import (
 from moe_train.experts import AUTOCAST_GROUPED_MM
 from moe_train.flops import attention_pairs, peak_flops, training_flops
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
-from moe_train.model import build_model, drop_empty_shared_experts, moe_layer_indices, new_moe_model
 from moe_train.routing import RoutingState, install_hybrid_routing, router_supervision_loss, routing_stats
+from moe_train.upcycle import build_model, drop_empty_shared_experts, moe_layer_indices, new_moe_model
 from pipeline.config import Config, TrainSection, load_config
 from pipeline.manifest import load_manifest
 from pipeline.registry import load_registry
@@ -673,7 +673,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------------------
 
     def _load_tokenizer(self, model_spec):
-        from pipeline.tokenizer import load_tokenizer
+        from pipeline.text.tokenizer import load_tokenizer
 
         if self.cfg.tokenizer:
             return load_tokenizer(str(self.cfg.tokenizer))
@@ -846,7 +846,7 @@ def trainer_from_config(
     cfg: Config, out: Path, resume: bool, shards_dir: Path | None = None, stage_dir: Path | None = None
 ) -> Trainer:
     def resolve_model(spec: str) -> str:
-        from moe_train.model import is_preset
+        from moe_train.upcycle import is_preset
 
         return spec if is_preset(spec) else str(cfg.resolve(spec))
 

@@ -11,7 +11,6 @@ from pipeline.executors import TaskFailedError
 from pipeline.registry import RegistryError, UnassignedLanguageError, UnknownLanguageError
 
 EXIT_ERROR = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.stage import STAGE_BY_NAME, STAGES, StageInputError, StageNotImplementedError
+    from pipeline.dag import STAGE_BY_NAME, STAGES, StageInputError
 
     try:
         if args.command == "stages":
@@ -63,16 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.config)
         if args.command == "check-config":
+            from pipeline.dag import load_stage_module
             from pipeline.registry import load_registry
-            from pipeline.stage import load_stage_module
 
             registry = load_registry(cfg.registry_path())
             registry.scheme(cfg.registry.scheme)
             for spec in STAGES:
-                try:
-                    module = load_stage_module(spec)
-                except StageNotImplementedError:
-                    continue
+                module = load_stage_module(spec)
                 if hasattr(module, "validate"):
                     module.validate(cfg, registry)
             print(f"{args.config}: ok ({len(cfg.sources)} sources, {len(registry.languages)} languages)")
@@ -90,20 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_explanation(info))
             return 0
         if args.command == "fingerprint":
-            from pipeline.stage import write_fingerprint_files
+            from pipeline.dag import write_fingerprint_files
 
             write_fingerprint_files(cfg, _output_dir(args.out))
             return 0
         if args.stage not in STAGE_BY_NAME:
             print(f"error: unknown stage '{args.stage}'; stages: {', '.join(STAGE_BY_NAME)}", file=sys.stderr)
             return EXIT_ERROR
-        from pipeline.stage import run_stage
+        from pipeline.dag import run_stage
 
         run_stage(args.stage, cfg, _output_dir(args.out), force=args.force)
         return 0
-    except StageNotImplementedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
     except (
         ConfigError,
         RegistryError,

@@ -47,7 +47,7 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
 
 
 def install() -> None:
-    """Route datatrove's logging as above, in this process (called on import of pipeline.steps,
+    """Route datatrove's logging as above, in this process (called on import of pipeline.record_io,
     which every stage pipeline unpickles, so worker processes get it too)."""
     import datatrove.executor.base as executor_base
 

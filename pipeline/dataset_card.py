@@ -8,13 +8,13 @@ the corpus is: documents and tokens per language, family and source type, and th
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
+from pipeline.funnel import FunnelRow, stage_funnel, stages_before
 from pipeline.manifest import Manifest
 from pipeline.schema import COLUMNS, SCHEMA_VERSION
 
@@ -24,12 +24,12 @@ SPLITS = ("train", "valid")
 
 def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path:
     """Write README.md and plots/*.png into the shards directory; returns the card's path."""
-    from pipeline.stage import STAGES, summarize_counters
+    from pipeline.dag import summarize_counters
 
     shards_dir = ctx.stage_dir
     stats = _corpus_stats(manifest, group_infos)
-    funnel = _funnel(ctx.out, [s.name for s in STAGES[: [s.name for s in STAGES].index("shards")]])
-    funnel.append({"stage": "shards", **_funnel_row(summarize_counters(ctx.counters())), "adds": False})
+    funnel = [row for row in stage_funnel(ctx.out, stages_before("shards")) if row.ran and row.saw_documents]
+    funnel.append(FunnelRow.from_summary("shards", summarize_counters(ctx.counters())))
     plots = _plots(shards_dir / PLOTS_DIR, stats, funnel, ctx.registry)
     text = _front_matter(ctx, manifest, stats) + _body(ctx, manifest, stats, funnel, plots)
     path = shards_dir / "README.md"
@@ -95,34 +95,6 @@ def _corpus_stats(manifest: Manifest, group_infos: list[dict]) -> dict:
     }
 
 
-def _funnel_row(summary: dict) -> dict:
-    return {
-        "in": int(summary.get("docs_in", 0)),
-        "out": int(summary.get("docs_out", 0)),
-        "removed": dict(
-            sorted(summary.get("quarantined_by_reason", {}).items(), key=lambda kv: (-kv[1], kv[0]))
-        ),
-        "warnings": summary.get("removal_warnings", []),
-    }
-
-
-def _funnel(out: Path, stages: list[str]) -> list[dict]:
-    """One row per stage that saw documents; stages that add documents (translate, rewrite: the extra
-    inputs of a stage reading several) are marked `adds`."""
-    from pipeline.stage import STAGES
-
-    adding = {name for spec in STAGES for name in spec.inputs[1:]}
-    rows = []
-    for stage in stages:
-        path = out / stage / "summary.json"
-        if not path.exists():
-            continue
-        row = {"stage": stage, **_funnel_row(json.loads(path.read_text())), "adds": stage in adding}
-        if row["in"] or row["out"] or row["removed"]:
-            rows.append(row)
-    return rows
-
-
 # ---- plots ---------------------------------------------------------------------------------------------
 
 
@@ -137,7 +109,7 @@ def human(n: float) -> str:
 _STYLE = {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False}
 
 
-def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[str, str]:
+def _plots(directory: Path, stats: dict, funnel: list[FunnelRow], registry) -> dict[str, str]:
     """PNG plots; returns {name: path relative to the card}."""
     if not stats["languages"]:
         return {}
@@ -147,7 +119,7 @@ def _plots(directory: Path, stats: dict, funnel: list[dict], registry) -> dict[s
         return _draw_plots(directory, stats, funnel)
 
 
-def _draw_plots(directory: Path, stats: dict, funnel: list[dict]) -> dict[str, str]:
+def _draw_plots(directory: Path, stats: dict, funnel: list[FunnelRow]) -> dict[str, str]:
     """Figures saved straight to PNG (Agg): pyplot, its import, figure managers and global state
     are not needed to write files; the images are byte for byte the same."""
     from matplotlib import colormaps
@@ -230,19 +202,19 @@ def _draw_plots(directory: Path, stats: dict, funnel: list[dict]) -> dict[str, s
 
     if funnel:
         rows = funnel[::-1]
-        names = [r["stage"] for r in rows]
-        kept = [r["out"] for r in rows]
-        removed = [sum(r["removed"].values()) for r in rows]
+        names = [r.stage for r in rows]
+        kept = [r.docs_out for r in rows]
+        removed = [sum(r.removed.values()) for r in rows]
         fig, ax = subplots(figsize=(8.5, 0.45 * len(rows) + 1.4))
-        ax.barh(names, kept, color=["#4c72b0" if r["adds"] else "#55a868" for r in rows])
+        ax.barh(names, kept, color=["#4c72b0" if r.adds else "#55a868" for r in rows])
         bars = ax.barh(names, removed, left=kept, color="#dd8452")
         notes = []
         for r, n_removed in zip(rows, removed, strict=True):
-            top = next(iter(r["removed"]), "")
+            top = next(iter(r.removed), "")
             notes.append(
-                ("+" if r["adds"] else "")
-                + f"{r['out']:,}"
-                + (f"   −{n_removed:,} ({top}{', …' if len(r['removed']) > 1 else ''})" if n_removed else "")
+                ("+" if r.adds else "")
+                + f"{r.docs_out:,}"
+                + (f"   −{n_removed:,} ({top}{', …' if len(r.removed) > 1 else ''})" if n_removed else "")
             )
         ax.bar_label(bars, labels=notes, padding=4, fontsize=8)
         ax.xaxis.set_major_formatter(numbers)
@@ -250,7 +222,7 @@ def _draw_plots(directory: Path, stats: dict, funnel: list[dict]) -> dict[str, s
         ax.set_title("Curation funnel: documents kept and set aside by each stage")
         ax.set_xlim(0, max(k + r for k, r in zip(kept, removed, strict=True)) * 1.75 or 1)
         legend = [("#55a868", "kept"), ("#dd8452", "set aside")]
-        if any(r["adds"] for r in rows):
+        if any(r.adds for r in rows):
             legend.append(("#4c72b0", "added (translations, rewrites)"))
         ax.legend(
             handles=[Rectangle((0, 0), 1, 1, color=c) for c, _ in legend],
@@ -361,7 +333,7 @@ def _share(part: int, total: int) -> str:
     return f"{part / total:.1%}" if total else "-"
 
 
-def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[str, str]) -> str:
+def _body(ctx, manifest: Manifest, stats: dict, funnel: list[FunnelRow], plots: dict[str, str]) -> str:
     registry, totals = ctx.registry, stats["totals"]
     scheme = manifest.scheme
     n_languages, n_families = len(stats["languages"]), len(stats["families"])
@@ -485,18 +457,18 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[dict], plots: dict[
             ["stage", "in", "out", "removed", "why"],
             [
                 [
-                    r["stage"] + (" (adds)" if r["adds"] else ""),
-                    f"{r['in']:,}",
-                    f"{r['out']:,}",
-                    f"{sum(r['removed'].values()):,}",
-                    "; ".join(f"{k} {v:,}" for k, v in r["removed"].items()) or "-",
+                    r.stage + (" (adds)" if r.adds else ""),
+                    f"{r.docs_in:,}",
+                    f"{r.docs_out:,}",
+                    f"{sum(r.removed.values()):,}",
+                    "; ".join(f"{k} {v:,}" for k, v in r.removed.items()) or "-",
                 ]
                 for r in funnel
             ],
         )
     )
 
-    warned = [(r["stage"], w) for r in funnel for w in r.get("warnings", [])]
+    warned = [(r.stage, w) for r in funnel for w in r.warnings]
     parts.append(
         "\n### Removal per language and source\n\n"
         "Every filtering stage reports what it removed per language and per source "

@@ -16,13 +16,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.config import Config
+from pipeline.record_io import list_parquet
 from pipeline.registry import load_registry
-from pipeline.steps import list_parquet
 
 
 def find_record(out: Path, record_id: str) -> list[tuple[str, str, dict]]:
     """(stage, "output" | "quarantine", row) for every place the record is, in stage order."""
-    from pipeline.stage import STAGES
+    from pipeline.dag import STAGES
 
     found = []
     for spec in STAGES:
@@ -63,8 +63,8 @@ def explain(cfg: Config, out: Path, record_id: str) -> dict:
 
 
 def _langid(cfg: Config, row: dict) -> dict:
-    from pipeline.lid_verify import common_word_shares
-    from pipeline.text import content_text
+    from pipeline.text.lid_verify import common_word_shares
+    from pipeline.text.normalize import content_text
     from stages.langid import make_verifier
 
     registry = load_registry(cfg.registry_path())
@@ -96,8 +96,8 @@ def _langid(cfg: Config, row: dict) -> dict:
 
 
 def _quality(cfg: Config, row: dict) -> dict:
-    from pipeline.quality_signals import RULES, assess, confidence, load_language_rules, rule_score
-    from pipeline.segment import segment
+    from pipeline.text.quality_signals import RULES, assess, confidence, load_language_rules, rule_score
+    from pipeline.text.segment import segment
 
     registry = load_registry(cfg.registry_path())
     q = cfg.quality

@@ -1,1 +1,1 @@
-"""One module per pipeline stage; each exposes `run(ctx: pipeline.stage.StageContext) -> dict | None`."""
+"""One module per pipeline stage; each exposes `run(ctx: pipeline.dag.StageContext) -> dict | None`."""

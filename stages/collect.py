@@ -2,7 +2,7 @@
 
 Every source is checked before any reading starts (its files exist, its language and fields make
 sense); a problem stops the stage with a ConfigError naming the source. Then one reader per source
-(pipeline/readers.py) streams its files through the configured datatrove executor into
+(pipeline/readers/) streams its files through the configured datatrove executor into
 `OUT/collect/output/`; input that cannot become a record lands in `OUT/collect/rejected/` with
 file, line and reason. docs/collect.md describes formats, options and rejects.
 """
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, SourceSection
+from pipeline.dag import StageContext
 from pipeline.readers import READERS, HFSourceReader, open_hf_dataset, required_fields, source_root
+from pipeline.record_io import RecordWriter, list_parquet, read_table
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.sources import expand_source_paths
-from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, list_parquet, read_table
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from pipeline.benchmark_ngrams import BenchmarkText, IndexSettings, NgramIndex, read_benchmark
-from pipeline.segment import segment
-from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordWriter, Rejection, list_parquet, read_records
+from pipeline.dag import StageContext
+from pipeline.record_io import RecordFilter, RecordWriter, Rejection, list_parquet, read_records
+from pipeline.text.ngram_index import BenchmarkText, IndexSettings, NgramIndex, read_benchmark
+from pipeline.text.segment import segment
 
 REASON = "benchmark_overlap"
 DETAIL_SEPARATOR = " | "

@@ -36,18 +36,8 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipeline.config import DedupSection
-from pipeline.minhash import (
-    MinHasher,
-    estimated_jaccard,
-    language_salt,
-    normalized_text_hash,
-    sorted_jaccard,
-    unique_per_document,
-)
-from pipeline.registry import Registry
-from pipeline.segment import segment
-from pipeline.stage import StageContext
-from pipeline.steps import (
+from pipeline.dag import StageContext
+from pipeline.record_io import (
     ProjectedRecordReader,
     RecordFilter,
     RecordWriter,
@@ -55,6 +45,16 @@ from pipeline.steps import (
     list_parquet,
     read_table,
 )
+from pipeline.registry import Registry
+from pipeline.text.minhash import (
+    MinHasher,
+    estimated_jaccard,
+    language_salt,
+    normalized_text_hash,
+    sorted_jaccard,
+    unique_per_document,
+)
+from pipeline.text.segment import segment
 
 KEEP, EXACT, NEAR = 0, 1, 2
 # Exact verification skips candidates whose signature estimate is this far below the threshold

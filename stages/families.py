@@ -12,9 +12,9 @@ from collections import Counter
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline.dag import StageContext
+from pipeline.record_io import RecordFilter, RecordWriter, Rejection, list_parquet, read_table
 from pipeline.registry import Registry, Scheme, UnassignedLanguageError
-from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordWriter, Rejection, list_parquet, read_table
 
 
 class UnassignedLanguageFilter(RecordFilter):

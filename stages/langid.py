@@ -2,7 +2,7 @@
 
 fastText (lid.176 by default, any fastText LID model through `langid.model` / `langid.model_path`)
 predicts the top-k languages of a batch of texts at once, one model load per worker. Verification
-rules live in `pipeline.lid_verify`; records that fail go to the quarantine as `wrong_language` or
+rules live in `pipeline.text.lid_verify`; records that fail go to the quarantine as `wrong_language` or
 `wrong_script` with a detail such as `declared sw, detected en (0.97)`. Exam and dialogue rows are
 identified on their own words (question and options, turn contents), not the rendered template.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from datatrove.data import Document
 
 from pipeline.config import LangIdSection
-from pipeline.lid_verify import LanguageVerifier, LidThresholds
+from pipeline.dag import StageContext
+from pipeline.record_io import RecordFilter, RecordWriter, Rejection
 from pipeline.registry import Registry
-from pipeline.stage import StageContext
-from pipeline.steps import RecordFilter, RecordWriter, Rejection
-from pipeline.text import content_text
+from pipeline.text.lid_verify import LanguageVerifier, LidThresholds
+from pipeline.text.normalize import content_text
 
 
 def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -> LanguageVerifier:

@@ -23,19 +23,19 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipeline import medical_classifier as mc
-from pipeline.pii import scrub
-from pipeline.quality_signals import HEURISTIC_TYPES, LanguageRules, assess, load_language_rules
-from pipeline.schema import QUALITY_SIGNALS
-from pipeline.segment import segment
-from pipeline.stage import StageContext
-from pipeline.steps import (
+from pipeline.dag import StageContext
+from pipeline.record_io import (
     ProjectedRecordReader,
     RecordFilter,
     RecordWriter,
     Rejection,
     list_parquet,
 )
+from pipeline.schema import QUALITY_SIGNALS
+from pipeline.text import medical_classifier as mc
+from pipeline.text.pii import scrub
+from pipeline.text.quality_signals import HEURISTIC_TYPES, LanguageRules, assess, load_language_rules
+from pipeline.text.segment import segment
 
 SIGNAL_NAMES = tuple(name for name, _ in QUALITY_SIGNALS)
 

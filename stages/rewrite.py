@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from datatrove.data import DocumentsPipeline
 
 from pipeline.config import Config
-from pipeline.langid import LanguageIdentifier
+from pipeline.dag import StageContext
 from pipeline.llm.cache import CacheKey, normalize_segment
 from pipeline.llm.checks import OutputChecker
 from pipeline.llm.prompts import answer_messages, question_messages, rewrite_prompt
@@ -33,10 +33,10 @@ from pipeline.llm.step import (
     nest_counters,
     report_unfinished,
 )
+from pipeline.record_io import RecordWriter, Rejection, document_to_record, list_parquet, read_table
 from pipeline.registry import Registry, load_registry
 from pipeline.schema import derived_record
-from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, Rejection, document_to_record, list_parquet, read_table
+from pipeline.text.fasttext_lid import LanguageIdentifier
 
 
 def passages(text: str, max_chars: int, limit: int) -> list[str]:

@@ -26,11 +26,10 @@ import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline.dag import StageContext, corpus_config_hash
 from pipeline.dataset_card import write_dataset_card
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
-from pipeline.schema import RECORD_SCHEMA, rows_to_table
-from pipeline.stage import StageContext, corpus_config_hash
-from pipeline.steps import (
+from pipeline.record_io import (
     RecordFilter,
     Rejection,
     batched,
@@ -40,6 +39,7 @@ from pipeline.steps import (
     read_table,
     write_error,
 )
+from pipeline.schema import RECORD_SCHEMA, rows_to_table
 
 PARTITIONS = "partitions"
 GROUP_INFO = "groups"
@@ -132,7 +132,7 @@ class SplitAssigner(PipelineStep):
 
 
 class TokenCounter(PipelineStep):
-    """Fills `n_tokens` with the Qwen2 tokenizer's count (pipeline/tokenizer.py), in batches."""
+    """Fills `n_tokens` with the Qwen2 tokenizer's count (pipeline/text/tokenizer.py), in batches."""
 
     name = "🔢 Qwen2 tokens"
     type = "✂️ - FORMAT"
@@ -142,7 +142,7 @@ class TokenCounter(PipelineStep):
         self.batch_size = batch_size
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from pipeline.tokenizer import qwen2_token_counter
+        from pipeline.text.tokenizer import qwen2_token_counter
 
         counter = qwen2_token_counter()
         for batch in batched(data, self.batch_size):

@@ -16,7 +16,7 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 
 from pipeline.config import Config, ConfigError, TranslateSection
-from pipeline.langid import LanguageIdentifier
+from pipeline.dag import StageContext
 from pipeline.llm.checks import OutputChecker
 from pipeline.llm.glossary import Glossary
 from pipeline.llm.memory import TranslationMemory
@@ -32,10 +32,10 @@ from pipeline.llm.step import (
     report_unfinished,
 )
 from pipeline.llm.translation import Translator
+from pipeline.record_io import RecordWriter, document_to_record, list_parquet, read_table
 from pipeline.registry import Registry, load_registry
 from pipeline.schema import derived_record
-from pipeline.stage import StageContext
-from pipeline.steps import RecordWriter, document_to_record, list_parquet, read_table
+from pipeline.text.fasttext_lid import LanguageIdentifier
 
 DERIVED_KIND = "tr"
 
@@ -73,10 +73,6 @@ class Selection:
 
     def targets_for(self, language: str) -> list[str]:
         return [t for t in self.targets if t != language]
-
-    @property
-    def counts_tokens(self) -> bool:
-        return any(v is not None for v in self.tokens_budget.values())
 
 
 def count_items(input_dirs: list[Path], selection: Selection) -> int:
@@ -134,7 +130,7 @@ class TranslateStep(LLMStep):
         self.used_tokens: Counter[str] = Counter()
 
     def _tokens(self, text: str) -> int:
-        from pipeline.tokenizer import qwen2_token_counter
+        from pipeline.text.tokenizer import qwen2_token_counter
 
         return qwen2_token_counter().count(text)
 

@@ -48,8 +48,8 @@ def write_config(tmp_path):
 
 def write_records(directory: Path, rows: list[dict], name: str = "00000.parquet") -> Path:
     """Write schema rows (missing columns null) to a record Parquet file."""
+    from pipeline.record_io import AtomicParquetFile
     from pipeline.schema import RECORD_SCHEMA, empty_record
-    from pipeline.steps import AtomicParquetFile
 
     directory.mkdir(parents=True, exist_ok=True)
     with AtomicParquetFile(directory / name, RECORD_SCHEMA) as out:

@@ -18,11 +18,11 @@ import zstandard
 from conftest import ROOT, run_stage_cli
 
 from pipeline.config import CollectSection, ConfigError, SourceSection, load_config
+from pipeline.dag import run_stage
 from pipeline.readers import REJECT_REASONS
+from pipeline.record_io import list_parquet
 from pipeline.schema import RECORD_SCHEMA, stable_id
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet
-from pipeline.text import answer_letter, normalize_text, parse_options, render_messages
+from pipeline.text.normalize import answer_letter, normalize_text, parse_options, render_messages
 
 EN = "Hand washing with soap removes most pathogens from the skin."
 FR = "Le lavage des mains au savon élimine la plupart des agents pathogènes."
@@ -613,9 +613,9 @@ def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
     planted junk page and mislabelled record is removed, and under 1% of the other records."""
     from datatrove.data import Document
 
-    from pipeline.quality_signals import load_language_rules
     from pipeline.registry import load_registry
-    from pipeline.text import content_text
+    from pipeline.text.normalize import content_text
+    from pipeline.text.quality_signals import load_language_rules
     from stages.langid import make_verifier
     from stages.quality import QualityFilter
 

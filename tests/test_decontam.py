@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.benchmark_ngrams import BenchmarkError, IndexSettings, NgramIndex, read_benchmark
-from pipeline.segment import segment
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
+from pipeline.text.ngram_index import BenchmarkError, IndexSettings, NgramIndex, read_benchmark
+from pipeline.text.segment import segment
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
 
@@ -197,7 +197,7 @@ def test_no_benchmarks_passes_everything_with_a_warning(tmp_path, write_config):
 
 def test_sample_benchmark_copies_found_and_nothing_else(registry):
     """The embedded sample's planted copies of benchmark/medqa_sample.jsonl, and only those."""
-    from sample_texts import SAMPLE, planted, sample_texts
+    from helpers.sample_texts import SAMPLE, planted, sample_texts
 
     texts = read_benchmark("medqa_sample", SAMPLE / "benchmark" / "medqa_sample.jsonl", registry)
     index, _ = NgramIndex.build(texts, registry, IndexSettings(13, 50, 10, 20))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import fake_upstream, record, write_records
 
-from pipeline.minhash import jaccard, shingle_set
-from pipeline.segment import segment
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
+from pipeline.text.minhash import jaccard, shingle_set
+from pipeline.text.segment import segment
 from stages.dedup import connected_components
 
 SYLLABLES = "ka lo mi nu pe ra si to vu za ben dor fil gat hum jor kel lim mon nar".split()

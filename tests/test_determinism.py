@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-import demo_runs
 import pyarrow.parquet as pq
+from helpers import demo_runs
 
 
 def test_same_config_gives_byte_identical_outputs(tmp_path_factory):

@@ -9,20 +9,27 @@ import re
 import numpy as np
 import pytest
 import torch
-from eval_helpers import make_tiny_moe, tico_shards
+from helpers.eval_helpers import make_tiny_moe, tico_shards
 
-from moe_train.inference import load_model
-from moe_train.loss import IGNORE_INDEX
-from moe_train.mcq import PROMPT_TEMPLATES, ChatFormat, MCQItem, build_prompt, extract_answer, scoring_prefix
-from moe_train.qa_eval import (
+from moe_train.eval.inference import load_model
+from moe_train.eval.mcq import (
+    PROMPT_TEMPLATES,
+    ChatFormat,
+    MCQItem,
+    build_prompt,
+    extract_answer,
+    scoring_prefix,
+)
+from moe_train.eval.qa_eval import (
     FirstLineComplete,
     greedy_generate,
     letter_token_id,
     score_generate,
     score_loglik,
 )
-from moe_train.routing_analysis import RoutingStats, balance_summary, js_divergence, routed_layers
-from moe_train.valid_eval import evaluate_valid, read_valid_documents
+from moe_train.eval.routing_analysis import RoutingStats, balance_summary, js_divergence, routed_layers
+from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
+from moe_train.loss import IGNORE_INDEX
 
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 

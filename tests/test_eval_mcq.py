@@ -8,9 +8,9 @@ import json
 import re
 
 import pytest
-from eval_helpers import XMED
+from helpers.eval_helpers import XMED
 
-from moe_train.mcq import (
+from moe_train.eval.mcq import (
     PROMPT_TEMPLATES,
     BenchmarkError,
     ChatFormat,

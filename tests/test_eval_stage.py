@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
+from helpers.eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
 
-from moe_train.inference import ModelLoadError
-from moe_train.mcq import Prediction, aggregate, load_benchmark
+from moe_train.eval.inference import ModelLoadError
+from moe_train.eval.mcq import Prediction, aggregate, load_benchmark
 from pipeline.config import load_config
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLE_BENCHMARK = (
@@ -117,10 +117,10 @@ def test_eval_on_a_dense_model_skips_routing(tmp_path, write_config):
 
 
 def test_spread_command_upcycles_every_layer(run, tmp_path):
-    from moe_train.routing_analysis import main
+    from moe_train.spread import main
 
     config_path, out = run
-    main(["spread", "--config", str(config_path), "--out", str(out), "--steps", "2", "--dest", str(tmp_path)])
+    main(["--config", str(config_path), "--out", str(out), "--steps", "2", "--dest", str(tmp_path)])
     result = json.loads((tmp_path / "spread.json").read_text())
     assert result["steps"] == 2 and len(result["train_loss"]) == 2
     assert result["routing"]["layers"] == [0, 1, 2, 3]  # every decoder layer routed

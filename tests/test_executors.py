@@ -21,16 +21,15 @@ import threading
 import time
 from pathlib import Path
 
-import demo_runs
-import fake_slurm
 import pytest
 from conftest import record, write_records
+from helpers import demo_runs, fake_slurm
 
 from pipeline.config import load_config
+from pipeline.dag import run_stage
 from pipeline.executors import PROJECT_ROOT, PipelineRun, TaskFailedError, run_pipelines
 from pipeline.manifest import load_manifest
-from pipeline.stage import run_stage
-from pipeline.steps import RecordReader, RecordWriter, list_parquet, read_records
+from pipeline.record_io import RecordReader, RecordWriter, list_parquet, read_records
 
 LANGS = ["en", "fr", "de", "zh", "sw"]
 
@@ -368,16 +367,12 @@ def test_demo_pipeline_on_ray_equals_local(tmp_path, tmp_path_factory, ray_clust
     assert cfg.executor.tasks != demo_runs.REFERENCE_EXECUTOR["tasks"]
     out = tmp_path / "out"
     for stage in stages:
-        if demo_runs.implemented(stage):
-            run_stage(stage, cfg, out)
-        else:
-            demo_runs.run_stage_cli(stage, cfg.source_file, out)
+        run_stage(stage, cfg, out)
     counts = ("docs_in", "docs_out", "quarantined", "quarantined_by_reason")
     for stage in stages:
         assert demo_runs.record_digests(out, stage) == demo_runs.record_digests(reference, stage), stage
-        if demo_runs.implemented(stage):
-            on_ray, local = (json.loads((o / stage / "summary.json").read_text()) for o in (out, reference))
-            assert {k: on_ray[k] for k in counts} == {k: local[k] for k in counts}, stage
+        on_ray, local = (json.loads((o / stage / "summary.json").read_text()) for o in (out, reference))
+        assert {k: on_ray[k] for k in counts} == {k: local[k] for k in counts}, stage
     assert any(demo_runs.record_digests(out, s) for s in stages)
     if "shards" in stages:
         assert demo_runs.file_digests(out, ["shards"]) == demo_runs.file_digests(reference, ["shards"])

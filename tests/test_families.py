@@ -3,9 +3,9 @@
 import pytest
 from conftest import fake_upstream, record
 
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
 from pipeline.registry import UnassignedLanguageError
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
 

@@ -9,8 +9,8 @@ import sys
 
 from conftest import ROOT, fake_upstream, record, run_stage_cli
 
+from pipeline.dag import run_stage
 from pipeline.guards import removal_table
-from pipeline.stage import run_stage
 
 SW = [
     "Homa ni dalili ya kawaida ya maambukizi, na mtoto mwenye homa kali anapaswa kuonwa na daktari.",

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import run_stage_cli
-from hostile_corpus import build_cases, build_stops
+from helpers.hostile_corpus import build_cases, build_stops
 
 from pipeline.cli import main as cli_main
-from pipeline.steps import list_parquet
+from pipeline.record_io import list_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ def test_hostile_configs_stop_with_a_message(tmp_path, capsys):
 def test_html_soup_is_quarantined_before_the_shards(tmp_path):
     """Collection keeps markup verbatim (it only normalises); the curation stages must set it aside."""
     from pipeline.config import load_config
-    from pipeline.stage import run_stage
+    from pipeline.dag import run_stage
 
     soups = [
         "<html><body><div class='nav'><a href='/'>Home</a> | <a href='/x'>x</a></div>" * 20

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.lid_verify import CommonWords, LanguageVerifier, LidThresholds, common_word_shares, verify
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
+from pipeline.dag import run_stage
+from pipeline.record_io import list_parquet, read_records
+from pipeline.text.lid_verify import CommonWords, LanguageVerifier, LidThresholds, common_word_shares, verify
 
 HELDOUT = Path(__file__).resolve().parent.parent / "bench" / "heldout_paragraphs.jsonl"
 
@@ -256,8 +256,8 @@ def test_common_word_check_settings_from_config(tmp_path, write_config, shared_d
 
 def test_verify_rule_on_given_predictions(registry):
     """The pure rule, as the translation stage calls it with predictions it already has."""
-    from pipeline.langid import LidPrediction
-    from pipeline.lid_verify import verify
+    from pipeline.text.fasttext_lid import LidPrediction
+    from pipeline.text.lid_verify import verify
 
     thresholds = LidThresholds.for_model("lid176")
     latin = "Afya ni muhimu sana kwa kila mtu katika jamii yetu."
@@ -292,7 +292,7 @@ def test_short_text_is_removed_only_on_contrary_evidence(registry):
     """Real TICO-19 sentences lid.176 scores low (Swahili as Tagalog at 0.22): a short text is removed
     on a confident other language, its script or not one common word, never on a low score alone; a
     long text on a low score too."""
-    from pipeline.langid import LidPrediction
+    from pipeline.text.fasttext_lid import LidPrediction
 
     thresholds = LidThresholds.for_model("lid176")
     common = CommonWords.shipped()
@@ -376,7 +376,7 @@ def test_fasttext_input_separators_cover_every_unicode_space():
     import re
     import sys
 
-    from pipeline.langid import _SEPARATORS
+    from pipeline.text.fasttext_lid import _SEPARATORS
 
     others = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c not in " \t\v\f\r"]
     assert all(_SEPARATORS.fullmatch(c) for c in others)

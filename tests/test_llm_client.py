@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from llm_server import FakeLLM, LoopbackServer
+from helpers.llm_server import FakeLLM, LoopbackServer
 
 from pipeline.config import LLMSection
 from pipeline.llm.accounting import Accounting

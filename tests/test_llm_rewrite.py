@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA, fake_upstream, record
-from llm_server import FakeLLM, LoopbackServer, tico_parallel
+from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
+from pipeline.dag import run_stage
 from pipeline.llm.cache import normalize_segment
 from pipeline.schema import derived_id
-from pipeline.stage import run_stage
 from stages.rewrite import passages as split_passages
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, SHARED_DATA, fake_upstream, record
-from llm_server import FakeLLM, LoopbackServer, tico_parallel
+from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
-from pipeline.langid import LanguageIdentifier
+from pipeline.dag import run_stage
 from pipeline.llm.checks import OutputChecker
 from pipeline.llm.segments import sentence_pieces
 from pipeline.schema import derived_id
-from pipeline.stage import run_stage
+from pipeline.text.fasttext_lid import LanguageIdentifier
 
 KEY_ENV = "MEDBABEL_TEST_LLM_KEY"
 KEY = "sk-medbabel-test-9f8e7d6c5b4a"
@@ -443,7 +443,7 @@ def test_kill_9_mid_stage_then_rerun_completes_without_duplicates_or_leaks(
 
 
 def test_per_target_token_budget_counts_source_tokens(parallel, server, fake, write_config, tmp_path):
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     out = tmp_path / "out"
     docs = docs_from(parallel, 6, paragraphs=1, per_paragraph=1)

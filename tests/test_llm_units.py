@@ -11,7 +11,6 @@ import time
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.langid import LanguageIdentifier
 from pipeline.llm.accounting import Accounting, summary_from_counters
 from pipeline.llm.cache import CacheKey, RequestCache, normalize_segment
 from pipeline.llm.checks import OutputChecker, numbers
@@ -22,6 +21,7 @@ from pipeline.llm.ratelimit import TokenBucket
 from pipeline.llm.redaction import install_log_redaction, redact, register_secret
 from pipeline.llm.segments import chunk_text, pack, sentence_pieces
 from pipeline.llm.translation import rerender
+from pipeline.text.fasttext_lid import LanguageIdentifier
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_chatter_in_the_source_is_not_chatter(checker):
 
 def test_checks_accept_real_tico_translations(checker, shared_data):
     """Human translations (TICO-19) of number-free sentences pass every check."""
-    from llm_server import tico_parallel
+    from helpers.llm_server import tico_parallel
 
     parallel = tico_parallel(shared_data / "tico19_health_sentences.jsonl.gz")
     rejected, total = [], 0

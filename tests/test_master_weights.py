@@ -10,8 +10,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from moe_train.data import PackedSequence, collate
 from moe_train.loss import IGNORE_INDEX
-from moe_train.model import PRESETS, upcycle
 from moe_train.train import MasterWeights, Runtime, StepRunner, full_state_dict, make_optimizer, prepare_model
+from moe_train.upcycle import PRESETS, upcycle
 from pipeline.config import TrainSection
 
 

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import regex
 
-from pipeline import pii
-from pipeline.pii import scrub
+from pipeline.text import pii
+from pipeline.text.pii import scrub
 
 REPLACED = [
     (
@@ -77,7 +77,7 @@ def test_counts_per_type():
 
 
 def test_sample_personal_data_all_replaced_and_nothing_else_touched():
-    from sample_texts import planted, sample_texts
+    from helpers.sample_texts import planted, sample_texts
 
     plants = {p["sample_id"]: p["values"] for p in planted("pii")}
     assert len(plants) == 12
@@ -112,7 +112,7 @@ PHONES = [
 def _gate_cases() -> list[str]:
     """Keywords next to values in several scripts, case and spacing, phone-like digit runs, and all the
     texts above and in the sample."""
-    from sample_texts import sample_texts
+    from helpers.sample_texts import sample_texts
 
     cases = [text for text, _ in REPLACED] + UNCHANGED + [text for _, _, text in sample_texts()]
     for keyword in KEYWORDS:

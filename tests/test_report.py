@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from eval_helpers import evaluated_run
+from helpers.eval_helpers import evaluated_run
 
-from moe_train.report import build_report
+from moe_train.eval.report import build_report
 from pipeline.config import load_config
-from pipeline.stage import run_stage
+from pipeline.dag import run_stage
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -207,7 +207,7 @@ def test_report_renders_every_section_in_chromium(full_run, chromium, tmp_path):
         "card_plots_tokens_per_language.png",
     ):
         assert f"img/{expected}" in sources
-    assert "Not run." in text and "moe_train.routing_analysis spread" in text
+    assert "Not run." in text and "moe_train.spread" in text
 
     result = render(chromium, page, tmp_path)
     assert result["broken"] == [] and result["images"] == len(sources)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from test_upcycle import NUM_EXPERTS, small_dense
 
-from moe_train.model import upcycle
 from moe_train.routing import (
     NO_EXPERT,
     HybridTopKRouter,
@@ -18,6 +17,7 @@ from moe_train.routing import (
     router_supervision_loss,
     routing_stats,
 )
+from moe_train.upcycle import upcycle
 
 
 def reference_best_sum(probs: torch.Tensor, family: int, k: int) -> float:

@@ -2,8 +2,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.record_io import AtomicParquetFile
 from pipeline.schema import RECORD_SCHEMA, SCHEMA_VERSION, SchemaError, empty_record, rows_to_table
-from pipeline.steps import AtomicParquetFile
 
 
 def _row(**kw):
@@ -50,7 +50,7 @@ def test_record_writer_refuses_a_metadata_key_outside_the_schema(tmp_path):
     (the value is not silently dropped), and no output file appears."""
     from datatrove.data import Document
 
-    from pipeline.steps import RecordWriter
+    from pipeline.record_io import RecordWriter
 
     row = _row()
     metadata = {k: v for k, v in row.items() if k not in ("id", "text")}

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import demo_runs
 import yaml
+from helpers import demo_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -112,7 +112,13 @@ def test_a_secret_in_a_failing_task_stays_out_of_logs_and_messages(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGURU_")}
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), MEDBABEL_TEST_API_KEY=SECRET)
     result = subprocess.run(
-        [sys.executable, str(HERE / "crash_helpers.py"), "leaky", str(config), str(tmp_path / "w")],
+        [
+            sys.executable,
+            str(HERE / "helpers" / "crash_helpers.py"),
+            "leaky",
+            str(config),
+            str(tmp_path / "w"),
+        ],
         env=env,
         capture_output=True,
         timeout=120,
@@ -130,7 +136,7 @@ def test_the_api_key_reaches_no_output_file_of_a_run(tmp_path, shared_data):
     key, and would only copy what these wrote) against a loopback endpoint that needs the key and
     sometimes answers with an error echoing it: no file the run writes and nothing it prints holds
     the key."""
-    from llm_server import FakeLLM, LoopbackServer, tico_parallel
+    from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
     key_env = "MEDBABEL_SECURITY_TEST_KEY"
     parallel = tico_parallel(shared_data / "tico19_health_sentences.jsonl.gz")

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from conftest import fake_upstream, record, write_records
 
+from pipeline.dag import run_stage
 from pipeline.manifest import file_sha256, load_manifest
+from pipeline.record_io import list_parquet, read_records
 from pipeline.registry import load_registry
-from pipeline.stage import run_stage
-from pipeline.steps import list_parquet, read_records
 from stages.shards import linked_split_keys, own_key, split_of
 
 SENTENCES = {
@@ -148,7 +148,7 @@ def test_layout_and_manifest(built):
 
 
 def test_token_counts_are_qwen2(built):
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.text.tokenizer import load_tokenizer
 
     shards_dir, rows, _ = built
     tokenizer = load_tokenizer()

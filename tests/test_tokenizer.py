@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline.tokenizer import Qwen2TokenCounter, qwen2_token_counter, qwen2_tokenizer_dir
+from pipeline.text.tokenizer import Qwen2TokenCounter, qwen2_token_counter, qwen2_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

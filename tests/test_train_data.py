@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.data import (
     EOS_TOKEN,
@@ -20,7 +20,7 @@ from moe_train.data import (
     manifest_languages,
 )
 from moe_train.loss import IGNORE_INDEX
-from pipeline.tokenizer import load_tokenizer
+from pipeline.text.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_no_attention_across_documents_in_a_packed_row():
     """Changing document A's tokens leaves document B's logits unchanged (SDPA with the packing mask)."""
     from test_upcycle import small_dense
 
-    from moe_train.model import upcycle
+    from moe_train.upcycle import upcycle
 
     model = upcycle(small_dense(), 7).eval()
     positions = torch.tensor([list(range(10)) + list(range(14))])

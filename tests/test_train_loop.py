@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from train_shards import write_shards
+from helpers.train_shards import write_shards
 
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
-from moe_train.model import no_shared_expert_warning
 from moe_train.train import NonFiniteLossError, Trainer, lr_factor, no_decay
+from moe_train.upcycle import no_shared_expert_warning
 from pipeline.config import TrainSection, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,8 +205,8 @@ def test_two_processes_with_gloo_match_one_process(shards, tmp_path):
 
 
 def test_make_train_stage_trains_and_exports(shards, tmp_path):
-    """The `make train` path: OUT/shards from the shards stage -> OUT/train (via pipeline.stage.run_stage)."""
-    from pipeline.stage import run_stage
+    """The `make train` path: OUT/shards from the shards stage -> OUT/train (via pipeline.dag.run_stage)."""
+    from pipeline.dag import run_stage
 
     out = tmp_path / "out"
     (out / "shards").mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeForCausalLM
 
-from moe_train.model import PRESETS, build_model, dense_config, moe_layer_indices, upcycle
+from moe_train.upcycle import PRESETS, build_model, dense_config, moe_layer_indices, upcycle
 
 NUM_EXPERTS = 7
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from pipeline.registry import load_registry  # noqa: E402
 from pipeline.schema import stable_id  # noqa: E402
-from pipeline.segment import segment  # noqa: E402
+from pipeline.text.segment import segment  # noqa: E402
 
 LANGUAGE_ORDER = [
     *("en", "zh", "fr", "es", "ar", "hi", "de", "pt", "ru", "ja", "ko", "it"),

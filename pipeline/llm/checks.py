@@ -5,7 +5,7 @@ source, in the target language, of a plausible length, and keep the source's num
 Latin-script targets, the dose units next to them). A failure is a `Rejection` whose reason code
 is told to the model on its one retry and, if that fails too, becomes the quarantine reason.
 
-The language check is the shared rule of `pipeline.lid_verify` (script, confusable groups,
+The language check is the shared rule of `pipeline.text.lid_verify` (script, confusable groups,
 contradiction for languages the model lacks) with thresholds for what an LLM returns: single
 sentences and short segments, on which lid.176 is often unsure. The verification defaults, tuned on
 paragraphs, reject 17% of real Swahili sentences of TICO-19; here a segment is also accepted when
@@ -21,10 +21,10 @@ from collections import Counter
 
 import regex
 
-from pipeline.langid import LanguageIdentifier
-from pipeline.lid_verify import CommonWords, LidThresholds, script_fraction, verify
+from pipeline.record_io import Rejection
 from pipeline.registry import Registry
-from pipeline.steps import Rejection
+from pipeline.text.fasttext_lid import LanguageIdentifier
+from pipeline.text.lid_verify import CommonWords, LidThresholds, script_fraction, verify
 
 _LETTER = regex.compile(r"\p{L}")
 # A number: digit runs joined by one grouping/decimal separator (a space only before 3 digits).

@@ -4,7 +4,7 @@ Accepted files (plain or .gz):
 - JSONL with `lang`, `en`, `text` per line (the TICO-19 terminologies layout);
 - CSV/TSV with a header `lang,en,text`, or `en,<code>[,<code>...]` (one column per language).
 
-Terms are matched on whole words (the project's one tokeniser, `pipeline.segment`),
+Terms are matched on whole words (the project's one tokeniser, `pipeline.text.segment`),
 case-insensitively, longest match first; the first translation seen for a term wins.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.registry import Registry, UnknownLanguageError
-from pipeline.segment import segment
+from pipeline.text.segment import segment
 
 
 class GlossaryError(ConfigError):

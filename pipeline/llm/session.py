@@ -23,7 +23,7 @@ from pipeline.llm.accounting import Accounting
 from pipeline.llm.cache import CacheKey, RequestCache
 from pipeline.llm.client import LLMClient, endpoint_label
 from pipeline.llm.redaction import redact
-from pipeline.steps import Rejection
+from pipeline.record_io import Rejection
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from pipeline.llm.client import BudgetReached, EndpointError, LLMFailure
 from pipeline.llm.redaction import redact
 from pipeline.llm.session import CheckFailed, LLMSession, WaitingForEndpoint, cache_path, progress_bar
 from pipeline.llm.translation import FieldFailure
-from pipeline.steps import QuarantineSink, Rejection, batched, record_to_document
+from pipeline.record_io import QuarantineSink, Rejection, batched, record_to_document
 
 WORK = "work"  # counter prefix: work/<outcome>/<language>
 

@@ -1,0 +1,426 @@
+"""Verify a document's declared language against language-ID predictions (reusable outside the langid stage).
+
+Rules, for a text declared as language L:
+
+* The model knows L: keep when the probability the model gives to L's confusable group (L plus
+  the registry's `confusable_groups` partners) reaches L's threshold; otherwise `wrong_language`
+  (or `wrong_script` when most letters are outside L's scripts).
+* The model lacks L (lid.176: ln bm nso ig rw ha doi): keep unless something contradicts L:
+  most letters are outside L's scripts (`wrong_script`), the model detects a language outside
+  L's group with at least `contradiction` confidence, or, when L has a stop-word list
+  (`pipeline/text/quality_languages.yaml`) and the text has enough words, too few of its words are L's
+  common words, or clearly more are those of another listed language (`wrong_language`).
+  The last catches text in the many languages neither the model nor the registry knows, which
+  the model cannot contradict with confidence.
+* Texts shorter than `min_chars` characters are too short to judge and are kept.
+
+`LanguageVerifier` wraps a `LanguageIdentifier` for batches; `verify` is the pure rule, for callers
+that already have predictions (the translation stage checks an LLM's output with it).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain
+from typing import NamedTuple
+
+import regex
+
+from pipeline.registry import Registry
+from pipeline.text.fasttext_lid import LanguageIdentifier, LidPrediction
+from pipeline.text.quality_signals import stopword_lists
+
+WRONG_LANGUAGE = "wrong_language"
+WRONG_SCRIPT = "wrong_script"
+
+# Minimum probability of the declared language's group, per language, for lid.176 (.ftz) on
+# paragraph-length text. lid.176 gives some languages low scores even on clean text (Swahili
+# paragraphs score ~0.5 median); a language not listed uses `LidThresholds.default`.
+LID176_THRESHOLDS: dict[str, float] = {
+    "sw": 0.15,
+    "gn": 0.1,
+    "ne": 0.3,
+    "mg": 0.3,
+    "ceb": 0.3,
+    "su": 0.15,
+    "ilo": 0.2,
+    "co": 0.2,
+    "la": 0.3,
+    "gd": 0.2,
+    "lb": 0.2,
+    "mai": 0.2,
+    "sa": 0.2,
+    "eo": 0.3,
+    "bs": 0.3,
+    "sr": 0.3,
+    "mt": 0.3,
+}
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {"lid176": LID176_THRESHOLDS}
+
+_LETTERS = regex.compile(r"\p{L}+")
+
+
+@dataclass(frozen=True)
+class LidThresholds:
+    """How strict verification is; `per_language` overrides `default` for the languages it names."""
+
+    default: float = 0.5
+    per_language: Mapping[str, float] = field(default_factory=dict)
+    contradiction: float = 0.8
+    min_script_fraction: float = 0.5
+    min_chars: int = 30
+    # A text shorter than `min_chars` is still judged by its script from `min_script_letters` letters, and
+    # removed when fewer than `min_script_fraction_short` of them are in its scripts (terms mix scripts).
+    min_script_letters: int = 8
+    min_script_fraction_short: float = 0.2
+    min_common_word_share: float = 0.08  # for a language the model lacks: its stop words' share of the words
+    common_word_margin: float = 0.05  # ... and by how much another listed language's share may exceed it
+    min_words_for_common_words: int = 20  # fewer words: too few to judge by common words
+    # Short texts (fewer than `short_text_chars` characters) are removed only on contrary evidence: a
+    # language outside the group scoring at least `short_contradiction` and `short_margin` above the
+    # declared group, or not one common word of the declared language among `short_min_words` or more.
+    short_text_chars: int = 100
+    short_contradiction: float = 0.3
+    short_margin: float = 0.2
+    short_min_words: int = 6
+    # A text at least this share of whose words are the declared language's common words (and no
+    # other listed language's more) reads as that language whatever the model's score.
+    common_word_support: float = 0.2
+
+    def for_language(self, code: str) -> float:
+        return self.per_language.get(code, self.default)
+
+    @classmethod
+    def for_model(cls, model: str, overrides: Mapping[str, float] | None = None, **kwargs) -> LidThresholds:
+        """The shipped per-language defaults of `model`, updated with `overrides`."""
+        return cls(per_language={**DEFAULT_THRESHOLDS.get(model, {}), **(overrides or {})}, **kwargs)
+
+
+class Verdict(NamedTuple):  # a tuple: one per record
+    keep: bool
+    lid_language: str | None  # registry code of the top prediction, or the model's raw label
+    lid_score: float | None
+    reason: str | None = None  # wrong_language | wrong_script when not kept
+    detail: str | None = None
+
+
+@lru_cache(maxsize=256)
+def _outside_scripts(scripts: tuple[str, ...]) -> regex.Pattern:
+    """Runs of letters written in none of `scripts` (ISO 15924 codes)."""
+    inside = "".join(rf"\p{{Script={code}}}" for code in scripts)
+    return regex.compile(rf"[^{inside}\P{{L}}]+")
+
+
+def script_fraction(text: str, scripts: Sequence[str]) -> float:
+    """Fraction of the text's letters written in one of `scripts` (1.0 for a text without letters)."""
+    outside = sum(map(len, _outside_scripts(tuple(scripts)).findall(text)))
+    if outside == 0:
+        return 1.0
+    return 1.0 - outside / sum(map(len, _LETTERS.findall(text)))
+
+
+# First word of a letter's Unicode name -> ISO 15924 code, for the scripts messages usually need.
+_SCRIPT_CODES = {
+    "LATIN": "Latn",
+    "CYRILLIC": "Cyrl",
+    "ARABIC": "Arab",
+    "DEVANAGARI": "Deva",
+    "CJK": "Hani",
+    "HIRAGANA": "Hira",
+    "KATAKANA": "Kana",
+    "HANGUL": "Hang",
+    "THAI": "Thai",
+    "LAO": "Laoo",
+    "HEBREW": "Hebr",
+    "GREEK": "Grek",
+    "BENGALI": "Beng",
+    "TAMIL": "Taml",
+    "ETHIOPIC": "Ethi",
+    "MYANMAR": "Mymr",
+    "KHMER": "Khmr",
+    "GEORGIAN": "Geor",
+    "ARMENIAN": "Armn",
+    "NKO": "Nkoo",
+}
+
+
+def dominant_script(text: str, sample: int = 400) -> str:
+    """The most frequent script among the first letters, e.g. `Latin (Latn)` (for messages)."""
+    counts: dict[str, int] = {}
+    for char in "".join(_LETTERS.findall(text[: sample * 4]))[:sample]:
+        name = unicodedata.name(char, "UNKNOWN").split(" ", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return "unknown"
+    name = max(counts, key=counts.get)
+    code = _SCRIPT_CODES.get(name)
+    return f"{name.title()} ({code})" if code else name.title()
+
+
+# The common-word check reads the first characters of a text (a paragraph's worth: enough words to
+# judge, and a cost that does not grow with the document) and splits them into runs of word characters
+# with the standard library's `re`: faster than the full Unicode segmentation (`pipeline.text.segment`),
+# and it splits off the connectives that Kinyarwanda and Igbo join with an apostrophe (y’ubuzima,
+# n’ibyo), which are among their commonest words. (`\w` stops at the combining vowel signs of scripts
+# such as Devanagari, so the Hindi list never matches here; every listed language the model lacks is
+# written in Latin script, and a Devanagari text declared as one fails the script check first.)
+COMMON_WORDS_PREFIX = 600
+_LIST_WORD = re.compile(r"\w+")
+
+
+def _list_words(text: str) -> list[str]:
+    return _LIST_WORD.findall(text[:COMMON_WORDS_PREFIX].lower())
+
+
+class CommonWords:
+    """Stop-word lists indexed by word, so counting a text's common words of every listed language is
+    one dictionary lookup per word."""
+
+    def __init__(self, lists: Mapping[str, Iterable[str]]):
+        index: dict[str, list[str]] = defaultdict(list)
+        for code, words in lists.items():
+            for word in set(words):
+                index[word].append(code)
+        self.index = {word: tuple(codes) for word, codes in index.items()}
+        self.codes = frozenset(lists)
+
+    @classmethod
+    def shipped(cls) -> CommonWords:
+        """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`)."""
+        return cls(stopword_lists())
+
+    def counts(self, words: Iterable[str]) -> Counter[str]:
+        """How many of `words` are on each language's list."""
+        return Counter(chain.from_iterable(filter(None, map(self.index.get, words))))
+
+
+def common_word_shares(text: str, common_words: CommonWords, min_words: int) -> dict[str, float] | None:
+    """Share of `text`'s words (in its first characters) on each listed language's list; None when it
+    has fewer than `min_words` words."""
+    words = _list_words(text)
+    if len(words) < min_words:
+        return None
+    return {code: n / len(words) for code, n in common_words.counts(words).items()}
+
+
+def common_word_contradiction(
+    text: str, declared: str, common_words: CommonWords, thresholds: LidThresholds
+) -> str | None:
+    """Why `text` does not read as `declared` by its common words, or None (no list, too few words, or
+    it reads as `declared`)."""
+    if declared not in common_words.codes:
+        return None
+    shares = common_word_shares(text, common_words, thresholds.min_words_for_common_words)
+    if shares is None:
+        return None
+    share = shares.get(declared, 0.0)
+    if share < thresholds.min_common_word_share:
+        return f"declared {declared}, {share:.0%} of the words are common {declared} words"
+    rival, rival_share = max(
+        ((code, s) for code, s in shares.items() if code != declared),
+        key=lambda item: item[1],
+        default=(None, 0.0),
+    )
+    if rival is not None and rival_share >= share + thresholds.common_word_margin:
+        return f"declared {declared}, reads more like {rival}: {rival_share:.0%} common {rival} words, {share:.0%} {declared}"
+    return None
+
+
+# Languages never written without their own script: a prediction of one of them for a text with no
+# letter of that script is not evidence (lid.176 calls kana-less Chinese text Japanese).
+REQUIRED_SCRIPTS: dict[str, tuple[str, ...]] = {"ja": ("Hira", "Kana"), "ko": ("Hang",)}
+_REQUIRED = {
+    code: regex.compile("[" + "".join(rf"\p{{Script={s}}}" for s in scripts) + "]")
+    for code, scripts in REQUIRED_SCRIPTS.items()
+}
+# Scripts whose words `_list_words` finds whole (no combining marks inside words), where a text without
+# a single common word of its declared language is evidence against it.
+_WHOLE_WORD_SCRIPTS = frozenset({"Latn", "Cyrl", "Grek"})
+
+
+def credible(text: str, predictions: Sequence[LidPrediction]) -> tuple[list[LidPrediction], float]:
+    """The predictions that the text's script allows, and the probability of those it does not."""
+    kept, dropped = [], 0.0
+    for p in predictions:
+        pattern = _REQUIRED.get(p.language)
+        if pattern is not None and not pattern.search(text):
+            dropped += p.score
+        else:
+            kept.append(p)
+    return kept, dropped
+
+
+def common_word_support(
+    text: str, declared: str, common_words: CommonWords | None, thresholds: LidThresholds
+) -> tuple[bool, bool]:
+    """(the text reads as `declared` by its common words, the text has none of them among enough
+    words to tell): both False without a list, or with too few words."""
+    if common_words is None or declared not in common_words.codes:
+        return False, False
+    shares = common_word_shares(text, common_words, min(3, thresholds.short_min_words))
+    if shares is None:
+        return False, False
+    share = shares.get(declared, 0.0)
+    rival = max((s for code, s in shares.items() if code != declared), default=0.0)
+    supported = share >= thresholds.common_word_support and share >= rival
+    n_words = len(_list_words(text))
+    return supported, share == 0.0 and n_words >= thresholds.short_min_words
+
+
+def verify(
+    text: str,
+    declared: str,
+    predictions: Sequence[LidPrediction],
+    registry: Registry,
+    thresholds: LidThresholds,
+    model: str = "lid176",
+    common_words: CommonWords | None = None,
+) -> Verdict:
+    """Check that `text` is in `declared` given the model's top-k `predictions` (best first).
+
+    `common_words`: the stop-word lists (`CommonWords.shipped()`); without them a language the model
+    lacks is judged by script and confident detections only."""
+    top = predictions[0] if predictions else None
+    lid_language = (top.language or top.label) if top else None
+    lid_score = round(top.score, 4) if top else None
+    language = registry.get(declared)
+    if len(text) < thresholds.min_chars:  # too short for the model; the script still tells
+        if _letter_count(text) >= thresholds.min_script_letters:
+            fraction = script_fraction(text, language.scripts)
+            if fraction < thresholds.min_script_fraction_short:
+                return Verdict(
+                    False,
+                    lid_language,
+                    lid_score,
+                    WRONG_SCRIPT,
+                    _script_detail(text, declared, language, fraction),
+                )
+        return Verdict(True, lid_language, lid_score)
+    group = registry.confusable_with(declared)
+    if language.lid_labels_for(model):
+        allowed, dropped = credible(text, predictions)
+        mass = sum(p.score for p in allowed if p.language in group) / max(1.0 - dropped, 1e-6)
+        if mass >= thresholds.for_language(declared):
+            return Verdict(True, lid_language, lid_score)
+        fraction = script_fraction(text, language.scripts)
+        if fraction >= thresholds.min_script_fraction:
+            supported, none_common = common_word_support(text, declared, common_words, thresholds)
+            if supported:
+                return Verdict(True, lid_language, lid_score)
+            if len(text) < thresholds.short_text_chars:
+                rival = max((p.score for p in allowed if p.language not in group), default=0.0)
+                contrary = rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
+                none_common = none_common and set(language.scripts) <= _WHOLE_WORD_SCRIPTS
+                if not (contrary or none_common):
+                    return Verdict(True, lid_language, lid_score)
+    else:
+        fraction = script_fraction(text, language.scripts)
+        contradicted = top is not None and top.language not in group and top.score >= thresholds.contradiction
+        if contradicted and fraction >= thresholds.min_script_fraction:
+            # a confident detection of another language on a text that reads as the declared one by
+            # its common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
+            contradicted = not common_word_support(text, declared, common_words, thresholds)[0]
+        if fraction >= thresholds.min_script_fraction and not contradicted:
+            reason = (
+                None
+                if common_words is None
+                else common_word_contradiction(text, declared, common_words, thresholds)
+            )
+            if reason is None:
+                return Verdict(True, lid_language, lid_score)
+            return Verdict(
+                False, lid_language, lid_score, WRONG_LANGUAGE, f"{reason} (detected {lid_language})"
+            )
+    if fraction < thresholds.min_script_fraction:
+        return Verdict(
+            False, lid_language, lid_score, WRONG_SCRIPT, _script_detail(text, declared, language, fraction)
+        )
+    detail = (
+        f"declared {declared}, detected {lid_language} ({top.score:.2f})"
+        if top
+        else f"declared {declared}, detected nothing"
+    )
+    if top is not None and top.language in group:
+        detail += f", below threshold {thresholds.for_language(declared):.2f}"
+    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+
+
+def _letter_count(text: str) -> int:
+    return sum(map(len, _LETTERS.findall(text)))
+
+
+def _script_detail(text: str, declared: str, language, fraction: float) -> str:
+    return (
+        f"declared {declared} ({'/'.join(language.scripts)}), text is mostly {dominant_script(text)}, "
+        f"{1 - fraction:.0%} of letters outside"
+    )
+
+
+class LanguageVerifier:
+    """Batch language ID + verification with one model load per process.
+
+    >>> verifier = LanguageVerifier(load_registry())
+    >>> verifier.check("Homa ni dalili ya kawaida ya malaria.", "sw").keep
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        model: str = "lid176",
+        model_path: str | None = None,
+        thresholds: LidThresholds | None = None,
+        k: int = 5,
+    ):
+        self.registry = registry
+        self.model = model
+        self.identifier = LanguageIdentifier(registry, model, model_path)
+        self.thresholds = thresholds or LidThresholds.for_model(model)
+        self.k = k
+        self.common_words = CommonWords.shipped()
+
+    def verify_batch(self, texts: Sequence[str], declared: Sequence[str]) -> list[Verdict]:
+        """Verdicts of a batch. fastText's top-1 is cheaper than its top-k, and settles most texts (see
+        `_settled_by_top`); only the others are predicted again with the top-k."""
+        texts = list(texts)
+        predictions = self.identifier.predict(texts, k=1)
+        if self.k > 1:
+            again = [
+                i
+                for i, (text, lang, preds) in enumerate(zip(texts, declared, predictions, strict=True))
+                if not self._settled_by_top(text, lang, preds)
+            ]
+            if again:
+                more = self.identifier.predict([texts[i] for i in again], k=self.k)
+                for i, preds in zip(again, more, strict=True):
+                    predictions[i] = preds
+        return [
+            self.verify(text, lang, preds)
+            for text, lang, preds in zip(texts, declared, predictions, strict=True)
+        ]
+
+    def verify(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> Verdict:
+        """`verify` with this verifier's registry, thresholds, model and common words, on predictions
+        the caller already has."""
+        return verify(
+            text, declared, predictions, self.registry, self.thresholds, self.model, self.common_words
+        )
+
+    def _settled_by_top(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> bool:
+        """Whether `verify` gives the same verdict from the top prediction alone as from the top-k: the
+        text is too short to judge, the model lacks the language (only the top prediction counts), or
+        the top prediction is in the declared language's group with enough probability on its own."""
+        if len(text) < self.thresholds.min_chars or not predictions:
+            return True
+        if not self.registry.get(declared).lid_labels_for(self.model):
+            return True
+        top = predictions[0]
+        in_group = top.language in self.registry.confusable_with(declared)
+        return in_group and top.score >= self.thresholds.for_language(declared)
+
+    def check(self, text: str, declared: str) -> Verdict:
+        return self.verify_batch([text], [declared])[0]

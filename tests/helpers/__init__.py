@@ -1,0 +1,1 @@
+"""Test helpers shared by several test files (corpora, fake servers, demo runs); not tests themselves."""
