@@ -240,11 +240,11 @@ def wrong_set(clean: list[dict], registry: Registry) -> list[dict]:
 # ---- translation checks on human translations ---------------------------------------------------------
 def translation_checks(shared: Path, registry: Registry) -> dict:
     """TICO-19's human translations of its English sentences, served by the loopback LLM server
-    (tests/llm_server.py) as replies to translation requests, through the translate stage's output
+    (tests/helpers/llm_server.py) as replies to translation requests, through the translate stage's output
     checks (`pipeline.llm.checks.OutputChecker`): the share accepted per target language."""
     import http.client
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
     from llm_server import FakeLLM, LoopbackServer, tico_parallel
 
     from pipeline.llm.checks import OutputChecker
