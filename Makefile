@@ -1,7 +1,7 @@
 # medbabel: one target per stage. `make help` lists them.
 #   make setup   create .venv and install medbabel with its dev and ray extras
 #   make all     run every stage on the embedded sample (CONFIG=configs/demo.yaml, OUT=out)
-#   make test    run the test suite
+#   make test    run the test suite (what CI runs); make test-fast: the in-process unit tests
 # A stage re-runs only when its own config section, the registry, or an upstream stage changed:
 # `python -m pipeline fingerprint` rewrites OUT/.fingerprints/<stage> only when its hash changed,
 # and each stage's completion marker OUT/<stage>/.done depends on that file and on the upstream marker.
@@ -11,13 +11,15 @@ OUT ?= out
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 PYTHON_FOR_VENV ?= python3
-MEDBABEL = $(PY) -m pipeline
+# One token per `make` invocation: its stages share OUT's run lock (pipeline/run_lock.py), another run's fail.
+RUN_TOKEN := $(shell od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+MEDBABEL = MEDBABEL_RUN=$(RUN_TOKEN) $(PY) -m pipeline
 FP = $(OUT)/.fingerprints
 
 STAGES := collect translate rewrite dedup langid families quality decontam shards train eval report
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all test bench lint clean FORCE $(STAGES)
+.PHONY: help setup all test test-fast bench lint clean FORCE $(STAGES)
 
 help:
 	@printf '%s\n' \
@@ -37,7 +39,8 @@ help:
 	  '  train      upcycle a dense Qwen2 into family experts and train (Post-MoE)' \
 	  '  eval       medical QA accuracy, perplexity, routing analysis' \
 	  '  report     one HTML page for the whole run' \
-	  '  test       run the test suite' \
+	  '  test       run the test suite (what CI runs)' \
+	  '  test-fast  the in-process unit tests only (tests not marked slow)' \
 	  '  bench      run the benchmarks under bench/ (writes bench/results/*.json)' \
 	  '  lint       ruff' \
 	  '  clean      remove OUT'
@@ -85,6 +88,9 @@ all: report
 
 test: | $(PY)
 	$(PY) -m pytest -q
+
+test-fast: | $(PY)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: | $(PY)
 	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done

@@ -311,7 +311,9 @@ def run_quality(quality: QualityFilter, items: list[dict], source_type: str | di
             text = scrub(it["text"])[0]
             docs.append(
                 Document(
-                    text=text, id=str(start + i), metadata={"language": it["language"], "source_type": st}
+                    text=text,
+                    id=str(start + i),
+                    metadata={"language": it["language"], "source": it["length"], "source_type": st},
                 )
             )
         out += [
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         dict(q.medical_weight),
         None,
         0,
-        tuple(q.heuristic_types),
+        heuristic_types=tuple(q.heuristic_types),
     )
     clean = clean_set(args.shared, registry)
     junk = junk_set(clean, registry)

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import atomic
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.schema import RECORD_SCHEMA
 from pipeline.text.segment import segment
@@ -168,7 +169,7 @@ def build_corpus(
         ),
         out_dir / "truth.parquet",
     )
-    (out_dir / ".done").write_text(json.dumps({"n_docs": n, "seed": seed, "version": FORMAT_VERSION}) + "\n")
+    atomic.write_json(out_dir / ".done", {"n_docs": n, "seed": seed, "version": FORMAT_VERSION})
     return out_dir
 
 

@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import git_commit  # noqa: E402
 
+from moe_train.device import resolve_device  # noqa: E402
+from moe_train.eval.inference import resolve_dtype  # noqa: E402
 from moe_train.eval.mcq import load_benchmark  # noqa: E402
 from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from moe_train.upcycle import (  # noqa: E402
@@ -60,11 +62,11 @@ def main() -> None:
     parser.add_argument("--git-commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/eval_gpu_<shape>.json)")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = resolve_device("cpu" if args.smoke else "auto")
     shape = args.shape or ("tiny" if args.smoke else "qwen2-0.5b")
     batch_sizes = args.batch_sizes or ([4] if args.smoke else [8, 32, 64])
     questions = args.questions or (8 if args.smoke else None)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)
 
     registry = load_registry()
     tokenizer = load_tokenizer()

@@ -8,7 +8,7 @@ For each model shape (random init, Qwen2-0.5B / 1.5B configs) and variant:
     postmoe_eager  the same model with transformers' `eager` experts (a Python loop over experts,
                    what the paper's code did)
 
-all through the same training step (moe_train.train.StepRunner: bf16 parameters with float32 master
+all through the same training step (moe_train.train.train_step: bf16 parameters with float32 master
 weights, packed 4096-token rows with FlashAttention varlen, chunked fused cross-entropy, fused AdamW), on
 synthetic packed documents. `--params fp32` measures the older float32-parameters-under-autocast
 setting (`--params both`: side by side). Reports median step time, tokens/s, MFU (moe_train/flops.py)
@@ -39,11 +39,13 @@ sys.path.insert(0, str(ROOT))
 
 from provenance import git_commit  # noqa: E402
 
+from moe_train.causal_lm import prepare_model  # noqa: E402
 from moe_train.data import PackedSequence, collate  # noqa: E402
+from moe_train.distributed import setup_runtime  # noqa: E402
 from moe_train.flops import attention_pairs, peak_flops, training_flops  # noqa: E402
 from moe_train.loss import IGNORE_INDEX  # noqa: E402
 from moe_train.routing import NO_EXPERT  # noqa: E402
-from moe_train.train import StepRunner, lr_factor, make_optimizer, prepare_model, setup_runtime  # noqa: E402
+from moe_train.train import lr_factor, make_optimizer, train_step  # noqa: E402
 from moe_train.upcycle import dense_config, upcycle  # noqa: E402
 from pipeline.config import TrainSection  # noqa: E402
 
@@ -106,7 +108,10 @@ def run_variant(args, shape: str, variant: str, compile_: bool, bf16_params: boo
     model = prepare_model(lm, cfg, runtime)
     optimizer = make_optimizer(model, cfg, cuda=runtime.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    runner = StepRunner(model, optimizer, scheduler, cfg, runtime)
+
+    def run_step(batches, number: int) -> float:
+        return train_step(model, optimizer, scheduler, batches, cfg, runtime, number).loss
+
     per_step = args.micro_batch * args.grad_accum
     rows = synthetic_rows(
         (args.warmup + args.steps) * per_step, args.seq_len, config.vocab_size, args.mean_doc, seed=1
@@ -122,11 +127,11 @@ def run_variant(args, shape: str, variant: str, compile_: bool, bf16_params: boo
             torch.cuda.synchronize()
 
     for index, step in enumerate(steps[: args.warmup]):
-        losses.append(runner.train_step(step, index + 1)["loss"])
+        losses.append(run_step(step, index + 1))
     sync()
     t0 = time.perf_counter()
     for index, step in enumerate(steps[args.warmup :]):
-        losses.append(runner.train_step(step, args.warmup + index + 1)["loss"])
+        losses.append(run_step(step, args.warmup + index + 1))
     sync()
     step_s = (time.perf_counter() - t0) / args.steps  # no sync between steps: the real pipelining
     tokens = per_step * args.seq_len
@@ -153,17 +158,16 @@ def run_variant(args, shape: str, variant: str, compile_: bool, bf16_params: boo
         "loss_last": losses[-1],
     }
     if args.profile and variant in args.profile.split(","):
-        result["profile"] = profile_step(runner, steps[-1], runtime)
-    del runner, model, optimizer, scheduler, lm
+        result["profile"] = profile_step(run_step, steps[-1], runtime)
     return result
 
 
-def profile_step(runner: StepRunner, step, runtime) -> str:
+def profile_step(run_step, step, runtime) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runtime.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        runner.train_step(step, 0)
+        run_step(step, 0)
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if runtime.device.type == "cuda" else "self_cpu_time_total"

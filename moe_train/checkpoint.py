@@ -7,21 +7,38 @@ A checkpoint is a directory `checkpoints/step-000100/` holding
     optimizer.pt          the full AdamW state, keyed by parameter name (world-size independent)
     rng.pt                torch CPU (and CUDA) RNG state
     trainer.json          step, tokens seen, scheduler state, data position, metrics so far
+    files.json            size and xxh3-128 digest of each file above
 
-It is written under a temporary name and renamed into place, then `checkpoints/latest` (a one-line
+or, sharded (`train.checkpoint_format`; the default with several processes), instead of the model,
+optimizer and RNG files:
+
+    dcp/                  model and AdamW state as torch.distributed.checkpoint shards: each rank writes
+                          its own part, and a load reshards them to whatever world size resumes
+    rng-<rank>.pt         each rank's RNG state
+
+so no rank ever holds the whole model and optimizer state (for the 7B Post-MoE that is ~160 GB).
+
+It is written as one directory by `pipeline.atomic.atomic_dir`, then `checkpoints/latest` (a one-line
 file) is replaced atomically, so a crash never leaves a half checkpoint that `--resume` would pick.
-Everything is loaded with `weights_only=True` / safetensors.
+A resume verifies the checkpoint against `files.json` first; a damaged latest checkpoint is reported
+with its path and the newest earlier one that passes is used. Everything is loaded with
+`weights_only=True` / safetensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors.torch import load_file, save_file
+
+from pipeline import atomic
+from pipeline.handoff import HandoffError
 
 LATEST = "latest"
 
@@ -30,10 +47,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+FILES = "files.json"
+SHARDS = "dcp"
+
+
+class CorruptCheckpointError(HandoffError):
+    """A checkpoint directory whose files do not match what was recorded when it was written."""
 
 
 def dedupe_tied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,38 +78,147 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write one checkpoint atomically under `root` and prune all but the newest `keep`."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(dedupe_tied(model_state), tmp / "model.safetensors")
-    model_config.to_json_file(tmp / "config.json")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_text_atomic(root / LATEST, final.name + "\n")
-    checkpoints = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in checkpoints[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic.atomic_dir(final) as tmp:
+        save_file(dedupe_tied(model_state), tmp / "model.safetensors")
+        model_config.to_json_file(tmp / "config.json")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
+        files = {f.name: _describe(f) for f in sorted(tmp.iterdir())}
+        (tmp / FILES).write_text(json.dumps(files, indent=1) + "\n")
+    _point_latest_and_prune(root, final, keep)
     return final
 
 
+def save_sharded_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_config,
+    trainer_state: dict,
+    keep: int,
+    runtime,
+) -> Path | None:
+    """Every rank writes its shard of the model and optimizer state into one checkpoint directory, which
+    rank 0 completes (config, trainer state, file digests) and publishes atomically; collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = root / checkpoint_name(step)
+    publish = (
+        atomic.atomic_dir(final) if runtime.is_main else contextlib.nullcontext(atomic.temporary_name(final))
+    )
+    with publish as tmp:
+        runtime.barrier()  # rank 0 has made the directory
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save(
+            {"model": model_state, "optimizer": optimizer_state},
+            checkpoint_id=tmp / SHARDS,
+            no_dist=not runtime.sharded,
+        )
+        torch.save(_rng_state(), tmp / f"rng-{runtime.rank}.pt")
+        runtime.barrier()  # every shard is written
+        if runtime.is_main:
+            model_config.to_json_file(tmp / "config.json")
+            (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
+            files = {str(f.relative_to(tmp)): _describe(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / FILES).write_text(json.dumps(files, indent=1) + "\n")
+    if runtime.is_main:
+        _point_latest_and_prune(root, final, keep)
+    runtime.barrier()
+    return final if runtime.is_main else None
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDS).is_dir()
+
+
+def load_sharded_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int
+) -> dict:
+    """Load a sharded checkpoint into `model` and `optimizer` as they are sharded now (any world size);
+    returns its rng (this rank's, else rank 0's) and trainer entries."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=path / SHARDS, no_dist=not torch.distributed.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rng = path / f"rng-{rank}.pt"
+    return {
+        "rng": torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True),
+        "trainer": json.loads((path / "trainer.json").read_text()),
+    }
+
+
+def _rng_state() -> dict:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _point_latest_and_prune(root: Path, final: Path, keep: int) -> None:
+    atomic.write_text(root / LATEST, final.name + "\n")
+    checkpoints = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in checkpoints[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _describe(path: Path) -> dict:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "xxh3_128": digest.hexdigest()}
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise `CorruptCheckpointError` (naming the file and the reason) unless every file of the
+    checkpoint has the size and digest recorded when it was written."""
+    try:
+        recorded = json.loads((path / FILES).read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {path}: {FILES} unreadable ({exc})") from None
+    for name, expected in recorded.items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptCheckpointError(f"checkpoint {path}: {name} is missing")
+        actual = {"bytes": file.stat().st_size}
+        if actual["bytes"] == expected["bytes"]:
+            actual = _describe(file)
+        if actual != expected:
+            raise CorruptCheckpointError(
+                f"checkpoint {file}: {actual['bytes']} bytes"
+                + (f", digest {actual['xxh3_128']}" if "xxh3_128" in actual else "")
+                + f" but {expected['bytes']} bytes, digest {expected['xxh3_128']} were written"
+            )
+
+
 def latest_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint that passes `verify_checkpoint`: the one `latest` names or, when that
+    one is damaged, the newest earlier one (each damaged one reported on stderr with its path).
+    None when there is no checkpoint; an error when there are some and none passes."""
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    path = root / pointer.read_text().strip()
-    return path if (path / "trainer.json").is_file() else None
+    named = root / pointer.read_text().strip()
+    earlier = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name < named.name), reverse=True)
+    problems = []
+    for candidate in [named, *earlier]:
+        try:
+            verify_checkpoint(candidate)
+        except CorruptCheckpointError as exc:
+            problems.append(str(exc))
+            print(f"warning: {exc}; trying the previous checkpoint", file=sys.stderr)
+            continue
+        return candidate
+    raise CorruptCheckpointError(
+        f"no complete checkpoint under {root} ({'; '.join(problems)}); delete {root} to train from the start"
+    )
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -133,11 +261,7 @@ def export_model(
     model.generation_config = GenerationConfig(
         eos_token_id=eos_token_ids, pad_token_id=pad_token_id, do_sample=False, max_new_tokens=256
     )
-    tmp = export_dir.with_name(f".{export_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    os.replace(tmp, export_dir)
+    with atomic.atomic_dir(export_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return export_dir

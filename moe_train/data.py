@@ -38,7 +38,7 @@ import torch
 
 from moe_train.loss import IGNORE_INDEX
 from moe_train.routing import NO_EXPERT
-from pipeline.manifest import ShardFile, load_manifest
+from pipeline.manifest import ShardFile, load_manifest, shard_path, verify_shard
 
 EOS_TOKEN = "<|endoftext|>"
 READ_BATCH_ROWS = 256
@@ -208,9 +208,12 @@ def _turns(messages) -> list[tuple[str, str]] | None:
 class _ShardCursor:
     """Reads one shard file's rows from a position, a record batch at a time."""
 
-    def __init__(self, path: Path, rows: int):
-        self.path = path
-        self.rows = rows
+    def __init__(self, shards_dir: Path, shard: ShardFile):
+        self.shards_dir = shards_dir
+        self.shard = shard
+        self.path = shard_path(shards_dir, shard)
+        self.rows = shard.rows
+        self._verified = False
         self._file: pq.ParquetFile | None = None
         self._buffer: list[dict] = []
         self._buffer_start = 0
@@ -224,6 +227,9 @@ class _ShardCursor:
         return self._buffer[offset:]
 
     def _load(self, position: int) -> None:
+        if not self._verified:
+            verify_shard(self.shards_dir, self.shard)  # size and sha256, before reading a byte
+            self._verified = True
         if self._file is None:
             try:
                 self._file = pq.ParquetFile(self.path)
@@ -277,7 +283,7 @@ class DocumentStream:
         self.round = state.get("round", 0)
         self.draws = state.get("draws", 0)
         self.cursors = [state.get("cursors", {}).get(f.path, 0) for f in self.files]
-        self._readers = [_ShardCursor(selection.shards_dir / f.path, f.rows) for f in self.files]
+        self._readers = [_ShardCursor(selection.shards_dir, f) for f in self.files]
         self._docs_this_epoch = state.get("docs_this_epoch", 0)
 
     def state(self) -> dict:

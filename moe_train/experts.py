@@ -14,25 +14,15 @@ record it (stock loaders use their own default).
 from __future__ import annotations
 
 import torch
-from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface, grouped_mm_experts_forward
+
+from pipeline.compat import (
+    ALL_EXPERTS_FUNCTIONS,
+    ExpertsInterface,
+    experts_in_dtype,
+    grouped_mm_experts_forward,
+)
 
 AUTOCAST_GROUPED_MM = "medbabel_grouped_mm"
-
-
-class _ExpertsInDtype:
-    """The attributes `grouped_mm_experts_forward` reads from an experts module, weights cast to `dtype`."""
-
-    def __init__(self, experts: torch.nn.Module, dtype: torch.dtype):
-        self.gate_up_proj = experts.gate_up_proj.to(dtype)
-        self.down_proj = experts.down_proj.to(dtype)
-        self.num_experts = experts.num_experts
-        self.has_gate = experts.has_gate
-        self.has_bias = experts.has_bias
-        self.is_transposed = experts.is_transposed
-        self.has_post_expert_norm = experts.has_post_expert_norm
-        self._is_expert_parallel = experts._is_expert_parallel
-        self._apply_gate = experts._apply_gate
-        self.act_fn = experts.act_fn
 
 
 def autocast_grouped_mm_experts_forward(
@@ -43,7 +33,7 @@ def autocast_grouped_mm_experts_forward(
         dtype = torch.get_autocast_dtype(device_type)
         if self.gate_up_proj.dtype != dtype:
             out = grouped_mm_experts_forward(
-                _ExpertsInDtype(self, dtype), hidden_states.to(dtype), top_k_index, top_k_weights
+                experts_in_dtype(self, dtype), hidden_states.to(dtype), top_k_index, top_k_weights
             )
             return out.to(hidden_states.dtype)
     return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)

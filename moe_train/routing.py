@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeTopKRouter
+
+from pipeline.compat import Qwen2MoeTopKRouter
 
 NO_EXPERT = -1  # expert id of tokens without a family (forcing is skipped for them)
 
@@ -142,3 +143,48 @@ def routing_stats(router_logits: torch.Tensor, expert_ids: torch.Tensor, k: int)
     load = torch.zeros(probs.shape[-1], device=flat.device, dtype=torch.float64)
     load.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))  # bincount would sync the GPU
     return {"agree": agree, "has_family": has_family, "load": load}
+
+
+class RoutingTally:
+    """Running sums of `routing_stats` (and of the router supervision loss) over one step's
+    micro-batches, as float64 tensors on the device, so they are summed over ranks and read back with
+    the step's other numbers instead of synchronising the GPU per layer."""
+
+    def __init__(self, layers: list[int], num_experts: int, top_k: int, device: torch.device):
+        self.layers = layers  # decoder-layer index of each MoE layer, in forward order
+        self.top_k = top_k
+        self.agree = torch.zeros((), dtype=torch.float64, device=device)
+        self.has_family = torch.zeros((), dtype=torch.float64, device=device)
+        self.supervision = torch.zeros((), dtype=torch.float64, device=device)
+        self.load = torch.zeros(max(len(layers), 1), num_experts, dtype=torch.float64, device=device)
+
+    def add(self, router_logits: list[torch.Tensor], expert_ids: torch.Tensor) -> None:
+        for position, logits in enumerate(router_logits[: len(self.layers)]):
+            stats = routing_stats(logits.detach(), expert_ids, self.top_k)
+            self.agree += stats["agree"].sum()
+            self.has_family += stats["has_family"].sum()
+            self.load[position] += stats["load"]
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        return {
+            "router_agree": self.agree,
+            "router_has_family": self.has_family,
+            "router_supervision": self.supervision,
+            "expert_load": self.load,
+        }
+
+    def metrics(self, values: dict, routed_tokens: float, supervised: bool) -> dict:
+        """Agreement rate, each layer's expert load as shares, and the mean supervision loss per routed
+        token, from `sums()` as read back to the host (summed over ranks)."""
+        if not self.layers:
+            return {}
+        metrics = {
+            "router_agreement": values["router_agree"] / max(values["router_has_family"], 1.0),
+            "expert_load": {
+                f"layer_{layer}": [x / max(sum(load), 1.0) for x in load]
+                for layer, load in zip(self.layers, values["expert_load"], strict=True)
+            },
+        }
+        if supervised:
+            metrics["router_supervision_loss"] = values["router_supervision"] / routed_tokens
+        return metrics

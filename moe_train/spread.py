@@ -13,18 +13,20 @@ real shards and a real model):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from transformers import AutoConfig
 
-from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.device import resolve_device
+from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.train import trainer_from_config
 from moe_train.upcycle import dense_config, is_moe_checkpoint, is_preset
+from pipeline import atomic
 from pipeline.config import load_config
+from pipeline.manifest import load_manifest
 from pipeline.registry import load_registry
 
 
@@ -33,8 +35,8 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
     and measure how the languages' expert distributions diverge layer by layer on the valid split."""
     cfg = load_config(config_path)
     registry = load_registry(cfg.registry_path())
-    scheme = registry.scheme(cfg.registry.scheme or registry.default_scheme)
     out_dir = Path(out)
+    scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(out_dir / "shards").scheme)
     dest_dir = Path(dest) if dest else out_dir / "spread"
     steps = cfg.eval.spread_steps if steps is None else steps
     cfg = spread_training_config(cfg, steps, device_name)
@@ -75,7 +77,7 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
         "plot": plot.name,
         "model": str(result.export_dir),
     }
-    (dest_dir / "spread.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_json(dest_dir / "spread.json", summary, indent=2, ensure_ascii=False)
     return summary
 
 

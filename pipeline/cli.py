@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.executors import TaskFailedError
+from pipeline.handoff import HandoffError
 from pipeline.registry import RegistryError, UnassignedLanguageError, UnknownLanguageError
+from pipeline.run_lock import OutputLockedError, run_lock
 
 EXIT_ERROR = 2
 
@@ -25,11 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("stage")
     common(run)
     run.add_argument("--force", action="store_true", help="discard the stage's previous output and run again")
+    run.add_argument("--wait", action="store_true", help="when another run holds OUT, wait for it")
 
     fp = sub.add_parser(
         "fingerprint", help="write OUT/.fingerprints/<stage>, touching only those that changed"
     )
     common(fp)
+    fp.add_argument("--wait", action="store_true", help="when another run holds OUT, wait for it")
 
     check = sub.add_parser("check-config", help="validate a config and the language registry")
     common(check)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.registry import load_registry
 
             registry = load_registry(cfg.registry_path())
-            registry.scheme(cfg.registry.scheme)
+            registry.resolve_scheme(cfg.registry.scheme)
             for spec in STAGES:
                 module = load_stage_module(spec)
                 if hasattr(module, "validate"):
@@ -88,14 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fingerprint":
             from pipeline.dag import write_fingerprint_files
 
-            write_fingerprint_files(cfg, _output_dir(args.out))
+            out = _output_dir(args.out)
+            with run_lock(out, wait=args.wait):
+                write_fingerprint_files(cfg, out)
             return 0
         if args.stage not in STAGE_BY_NAME:
             print(f"error: unknown stage '{args.stage}'; stages: {', '.join(STAGE_BY_NAME)}", file=sys.stderr)
             return EXIT_ERROR
         from pipeline.dag import run_stage
 
-        run_stage(args.stage, cfg, _output_dir(args.out), force=args.force)
+        out = _output_dir(args.out)
+        with run_lock(out, wait=args.wait):
+            run_stage(args.stage, cfg, out, force=args.force)
         return 0
     except (
         ConfigError,
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         UnassignedLanguageError,
         FileNotFoundError,
         TaskFailedError,
+        OutputLockedError,
+        HandoffError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

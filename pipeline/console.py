@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
-from datatrove.utils import logging as datatrove_logging
 from loguru import logger
+
+from pipeline import compat
 
 CONSOLE_LEVEL = "INFO" if os.environ.get("MEDBABEL_VERBOSE") else "WARNING"
 
@@ -27,7 +28,7 @@ def _console_logger() -> None:
     logger.add(
         sys.stderr,
         level=CONSOLE_LEVEL,
-        colorize=datatrove_logging.DATATROVE_COLORIZE_LOGS,
+        colorize=compat.datatrove_colorize_logs(),
         filter=_for_console,
     )
 
@@ -49,8 +50,5 @@ def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -
 def install() -> None:
     """Route datatrove's logging as above, in this process (called on import of pipeline.record_io,
     which every stage pipeline unpickles, so worker processes get it too)."""
-    import datatrove.executor.base as executor_base
-
-    datatrove_logging.setup_default_logger = _console_logger
-    executor_base.add_task_logger = _task_logger
+    compat.route_datatrove_logging(_console_logger, _task_logger)
     _console_logger()

@@ -19,13 +19,16 @@ import hashlib
 import importlib
 import json
 import shutil
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import guards
+from pipeline import atomic, guards
+from pipeline.compat import stat_totals, task_stats_files
 from pipeline.config import Config
+from pipeline.handoff import record_outputs, verify_outputs
 from pipeline.registry import Registry, load_registry
 
 
@@ -194,10 +197,9 @@ class StageContext:
 
 def merge_stats(logs_dir: Path) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
-    for stats_file in sorted(logs_dir.glob("*/stats/*.json")):
-        for step in json.loads(stats_file.read_text()):
-            for key, value in step.get("stats", {}).items():
-                totals[key] += value["total"] if isinstance(value, dict) else value
+    for stats_file in task_stats_files(logs_dir):
+        for key, value in stat_totals(json.loads(stats_file.read_text())):
+            totals[key] += value
     return dict(totals)
 
 
@@ -288,15 +290,29 @@ def write_fingerprint_files(cfg: Config, out: Path) -> list[str]:
         path = directory / spec.name
         value = fingerprint_inputs(cfg, spec, registry)
         if not path.exists() or path.read_text().strip() != value:
-            _atomic_write_text(path, value + "\n")
+            atomic.write_text(path, value + "\n")
             changed.append(spec.name)
     return changed
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def warn_idle_tasks(spec: StageSpec, cfg: Config, out: Path) -> None:
+    """Say so when `executor.tasks` exceeds the stage's input files: the extra tasks read nothing."""
+    if spec.module.startswith("moe_train"):
+        return
+    if spec.inputs:
+        from pipeline.record_io import list_parquet
+
+        files = sum(len(list_parquet(out / name / "output")) for name in spec.inputs)
+    else:
+        from pipeline.sources import expand_source_paths
+
+        files = sum(len(expand_source_paths(cfg, s, must_exist=False)) for s in cfg.sources)
+    if files and cfg.executor.tasks > files:
+        print(
+            f"[{spec.name}] warning: executor.tasks is {cfg.executor.tasks} but there are {files} input "
+            f"files; {cfg.executor.tasks - files} tasks will have nothing to read",
+            file=sys.stderr,
+        )
 
 
 def load_stage_module(spec: StageSpec):
@@ -316,6 +332,7 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
     module = load_stage_module(spec)
     if hasattr(module, "validate"):
         module.validate(cfg, registry)  # before anything is touched: a config typo must not wipe old output
+    warn_idle_tasks(spec, cfg, out)
     fingerprint = effective_fingerprint(cfg, spec, registry, out)
     stage_dir = out / name
     marker = marker_path(out, name)
@@ -331,9 +348,11 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
         shutil.rmtree(
             stage_dir, ignore_errors=True
         )  # config or inputs changed: previous partial work is stale
+    for upstream in spec.inputs:
+        verify_outputs(out, upstream)  # before anything is touched or read
     marker.unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(started, fingerprint + "\n")
+    atomic.write_text(started, fingerprint + "\n")
 
     ctx = StageContext(spec, cfg, out, registry, fingerprint)
     t0 = time.time()
@@ -346,11 +365,12 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
         summary["removal_by_language_source"] = table
         summary["removal_warnings"] = guards.warnings(table, ctx.quarantine_dir, share)
     summary["seconds"] = round(time.time() - t0, 2)
-    _atomic_write_text(stage_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_json(stage_dir / "summary.json", summary, indent=2, ensure_ascii=False)
     print(format_summary(summary))
     if summary.get("removal_warnings"):
         print(guards.format_warnings(name, summary["removal_warnings"], cfg.run.warn_removed_share))
-    _atomic_write_text(marker, fingerprint + "\n")
+    record_outputs(stage_dir)
+    atomic.write_text(marker, fingerprint + "\n")
     return summary
 
 

@@ -8,12 +8,12 @@ the corpus is: documents and tokens per language, family and source type, and th
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
+from pipeline import atomic
 from pipeline.funnel import FunnelRow, stage_funnel, stages_before
 from pipeline.manifest import Manifest
 from pipeline.schema import COLUMNS, SCHEMA_VERSION
@@ -33,9 +33,7 @@ def write_dataset_card(ctx, manifest: Manifest, group_infos: list[dict]) -> Path
     plots = _plots(shards_dir / PLOTS_DIR, stats, funnel, ctx.registry)
     text = _front_matter(ctx, manifest, stats) + _body(ctx, manifest, stats, funnel, plots)
     path = shards_dir / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     return path
 
 
@@ -139,9 +137,8 @@ def _draw_plots(directory: Path, stats: dict, funnel: list[FunnelRow]) -> dict[s
 
     def save(fig, name: str) -> None:
         path = directory / f"{name}.png"
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
         made[name] = f"{PLOTS_DIR}/{name}.png"
 
     numbers = FuncFormatter(lambda value, _: human(value))

@@ -34,13 +34,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.utils.stats import PipelineStats
 
+from pipeline import atomic
+from pipeline.compat import LocalExecutorWithHooks, completion_file
 from pipeline.config import Config, ExecutorSection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +94,7 @@ def _tasks_and_workers(ex: ExecutorSection, run: PipelineRun) -> tuple[int, int]
 
 def incomplete_ranks(logging_dir: Path, tasks: int) -> list[int]:
     """Ranks without a datatrove completion file (the same test datatrove uses to skip them)."""
-    done = logging_dir / "completions"
-    return [rank for rank in range(tasks) if not (done / f"{rank:05d}").is_file()]
+    return [rank for rank in range(tasks) if not completion_file(logging_dir, rank).is_file()]
 
 
 def _check_complete(logging_dir: Path, tasks: int, job: str, cause: BaseException | None = None) -> None:
@@ -118,7 +117,7 @@ def _ranks(ranks: list[int]) -> str:
 _ORPHANED_EXIT = 70
 
 
-class GuardedLocalExecutor(LocalPipelineExecutor):
+class GuardedLocalExecutor(LocalExecutorWithHooks):
     """datatrove's local executor whose worker processes die with the process that started them.
 
     Killing `python -m pipeline run` (kill -9, the OOM killer) would otherwise leave its pool
@@ -129,33 +128,17 @@ class GuardedLocalExecutor(LocalPipelineExecutor):
         super().__init__(*args, **kwargs)
         self.driver_pid = os.getpid()
 
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+    def before_rank(self) -> None:
         if os.getpid() != self.driver_pid:
             _exit_when_gone(self.driver_pid)
-        return super()._run_for_rank(rank, local_rank, node_rank)
 
     def run(self) -> PipelineStats | None:
-        """With one worker, datatrove's own loop (ranks in order, a fresh copy of the pipeline for
-        each, merged stats in `stats.json`) without the multiprocess Manager it starts only to hand
-        that one worker its slot: a server process forked from this one, tens of milliseconds per
-        pipeline once the stage holds its models (0.3-1 s over a 10k-document bench chain)."""
+        """With one worker, the ranks run in this process (compat.LocalExecutorWithHooks.run_in_process):
+        datatrove would start a multiprocess Manager only to hand that one worker its slot, a server
+        process forked from this one, which costs most once the stage holds its models."""
         if self.workers != 1 or self.depends:
             return super().run()
-        self._launched = True
-        ranks = self.get_incomplete_ranks(
-            range(self.local_rank_offset, self.local_rank_offset + self.local_tasks)
-        )
-        if not ranks:
-            return None
-        self.save_executor_as_json()
-        pipeline, stats = self.pipeline, []
-        for rank in ranks:
-            self.pipeline = deepcopy(pipeline)
-            stats.append(self._run_for_rank(rank))
-        merged = sum(stats, start=PipelineStats())
-        with self.logging_dir.open("stats.json", "wt") as statsfile:
-            merged.save_to_disk(statsfile)
-        return merged
+        return self.run_in_process()
 
 
 _guarded: set[int] = set()
@@ -453,6 +436,4 @@ def _read_job_ids(logging_dir: Path) -> list[str]:
 
 def _write_job_ids(logging_dir: Path, ids: list[str]) -> None:
     logging_dir.mkdir(parents=True, exist_ok=True)
-    tmp = logging_dir / f".{SLURM_JOBS_FILE}.tmp"
-    tmp.write_text(json.dumps(ids) + "\n")
-    tmp.replace(logging_dir / SLURM_JOBS_FILE)
+    atomic.write_json(logging_dir / SLURM_JOBS_FILE, ids)

@@ -9,7 +9,6 @@ stage's quarantine with a reason instead of dropping them.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers.base import BaseDiskReader
 
-from pipeline import console, guards
+from pipeline import atomic, console, guards
 from pipeline.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, RECORD_SCHEMA, rows_to_table
 
 console.install()
@@ -52,16 +51,14 @@ def document_to_record(doc: Document) -> dict:
 
 
 class AtomicParquetFile:
-    """A Parquet file that appears under its final name only once complete (tmp file + rename).
-
-    A crash leaves at most a `.tmp` file, which the next run overwrites.
-    """
+    """A Parquet file written row group by row group that appears under its final name only once
+    complete (the rule of `pipeline.atomic`)."""
 
     def __init__(
         self, path: str | Path, schema: pa.Schema, row_group_size: int = 10_000, compression: str = "zstd"
     ):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self.tmp_path = atomic.temporary_name(self.path)
         self.schema = schema
         self.row_group_size = row_group_size
         self.compression = compression
@@ -95,9 +92,7 @@ class AtomicParquetFile:
             return 0
         try:
             self._writer.close()
-            with open(self.tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp_path, self.path)
+            atomic.commit(self.tmp_path, self.path)
         except OSError as exc:
             raise write_error(self.path, exc) from exc
         return self.rows

@@ -151,6 +151,20 @@ class Registry:
         raise UnknownLanguageError(f"unknown language code '{raw}' (not in {self.path.name})")
 
     # ---- schemes and language ID --------------------------------------------------------------
+    def resolve_scheme(
+        self, configured: str | None, shards_scheme: str | None = None, shards_dir: Path | None = None
+    ) -> Scheme:
+        """The run's expert scheme, decided here and nowhere else: the config's `registry.scheme`, else
+        the scheme the shards were tagged with (once there are shards), else `default_scheme`. A
+        configured scheme other than the shards' is an error: the experts would learn wrong labels."""
+        scheme = self.scheme(configured or shards_scheme)
+        if shards_scheme is not None and scheme.name != shards_scheme:
+            raise RegistryError(
+                f"{shards_dir or 'shards'}: shards were tagged with expert scheme '{shards_scheme}' "
+                f"but the run is configured for '{scheme.name}'"
+            )
+        return scheme
+
     def scheme(self, name: str | None = None) -> Scheme:
         name = name or self.default_scheme
         try:

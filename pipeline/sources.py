@@ -15,6 +15,14 @@ FORMAT_SUFFIXES = {
     "csv": (".csv", ".csv.gz", ".csv.zst"),
     "tsv": (".tsv", ".tsv.gz", ".tsv.zst"),
     "tmx": (".tmx", ".tmx.gz", ".tmx.zst"),
+    "warc": (".warc", ".warc.gz"),
+    "html": (".html", ".htm", ".xhtml", ".html.gz"),
+    "pdf": (".pdf",),
+    "jats": (".nxml", ".nxml.gz", ".xml", ".xml.gz"),
+    "medline": (".xml", ".xml.gz"),
+    "mediawiki": (".xml", ".xml.bz2", ".xml.gz", ".xml.zst"),
+    "docx": (".docx",),
+    "epub": (".epub",),
 }
 
 

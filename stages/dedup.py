@@ -24,7 +24,6 @@ is the same for any number of tasks. Once the filter pass is done, the large per
 from __future__ import annotations
 
 import json
-import os
 from itertools import combinations
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline import atomic
 from pipeline.config import DedupSection
 from pipeline.dag import StageContext
 from pipeline.record_io import (
@@ -54,6 +54,7 @@ from pipeline.text.minhash import (
     sorted_jaccard,
     unique_per_document,
 )
+from pipeline.text.reference_index import ReferenceIndex
 from pipeline.text.segment import segment
 
 KEEP, EXACT, NEAR = 0, 1, 2
@@ -77,23 +78,14 @@ _CLUSTER_SCHEMA = pa.schema(
 )
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def _save_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_open(path, "wb") as fh:
         np.save(fh, array)
-    _replace_atomically(tmp, path)
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    _replace_atomically(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 class DedupWorkspace:
@@ -219,7 +211,7 @@ class DedupSignatures(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         meta_path, *array_paths = self.workspace.signature_paths(rank)
         meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_paths = [path.with_name(f".{path.name}.tmp") for path in array_paths]
+        tmp_paths = [atomic.temporary_name(path) for path in array_paths]
         meta: dict[str, list] = {name: [] for name in _META_SCHEMA.names}
         batch: list[Document] = []
         outputs = [open(path, "wb") for path in tmp_paths]  # noqa: SIM115 (closed below)
@@ -235,7 +227,7 @@ class DedupSignatures(PipelineStep):
             for out in outputs:
                 out.close()
         for tmp, final in zip(tmp_paths, array_paths, strict=True):
-            _replace_atomically(tmp, final)
+            atomic.commit(tmp, final)
         _write_table(
             meta_path, pa.table(meta, schema=_META_SCHEMA)
         )  # written last: marks the task's files complete
@@ -436,7 +428,7 @@ class DedupClusters(PipelineStep):
             "exact_duplicates": int(np.count_nonzero(status == EXACT)),
             "near_duplicates": int(np.count_nonzero(status == NEAR)),
         }
-        ws.cluster_summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        atomic.write_json(ws.cluster_summary_path, summary, indent=2)
         return
         yield
 
@@ -479,6 +471,53 @@ class DedupFilter(RecordFilter):
         return None if status == KEEP else Rejection(REASONS[status], kept_id)
 
 
+class ReferenceFilter(RecordFilter):
+    """Sets aside new records that duplicate a document of the earlier corpus (`dedup.reference`),
+    naming that document; the index is built before the filter pass (ReferenceIndex.ensure)."""
+
+    name = "📚 reference dedup"
+    batch_size = 256
+
+    def __init__(
+        self, index: ReferenceIndex, threshold: float, exact: bool, near: bool, quarantine_dir, stage: str
+    ):
+        super().__init__(quarantine_dir, stage)
+        self.index = index
+        self.threshold = threshold
+        self.exact = exact
+        self.near = near
+
+    def check_batch(self, docs: list[Document]) -> list[Rejection | None]:
+        verdicts: list[Rejection | None] = [None] * len(docs)
+        by_language: dict[str, list[int]] = {}
+        for i, doc in enumerate(docs):
+            by_language.setdefault(doc.metadata["language"], []).append(i)
+        mh = self.index.minhasher
+        for language, rows in by_language.items():
+            split = self.index.segmentation.get(language, "space")
+            tokens = [segment(docs[i].text, split) for i in rows]
+            exact = np.array(
+                [normalized_text_hash(t, docs[i].text, language) for t, i in zip(tokens, rows, strict=True)],
+                dtype=np.uint64,
+            )
+            signatures = mh.signatures_of_shingles(*mh.shingles(tokens))
+            salts = np.full(len(rows), language_salt(language), dtype=np.uint64)
+            threshold = self.threshold if self.near else 2.0  # above any similarity: exact matches only
+            matches = self.index.lookup(
+                language, exact, signatures, mh.band_keys(signatures, salts), threshold
+            )
+            for i, match in zip(rows, matches, strict=True):
+                if match is None or (match.kind == "exact" and not (self.exact or self.near)):
+                    continue
+                how = (
+                    "exact copy" if match.kind == "exact" else f"near copy (Jaccard ~{match.similarity:.2f})"
+                )
+                verdicts[i] = Rejection(
+                    "reference_duplicate", f"{how} of {match.reference_id} in {self.index.reference}"
+                )
+        return verdicts
+
+
 def run(ctx: StageContext) -> dict:
     cfg: DedupSection = ctx.cfg.dedup
     tasks = ctx.cfg.executor.tasks
@@ -496,8 +535,21 @@ def run(ctx: StageContext) -> dict:
         [DedupBuckets(ws, cfg.verify, cfg.verify_threshold)], name="buckets", tasks=min(cfg.bands, tasks)
     )
     ctx.run_pipeline([DedupClusters(ws, cfg.exact, cfg.near)], name="clusters", tasks=1)
+    reference_steps, reference = [], None
+    if cfg.reference:
+        segmentation = {code: lang.segmentation for code, lang in ctx.registry.languages.items()}
+        index = ReferenceIndex(ctx.cfg.resolve(cfg.reference), minhasher, cfg.seed, segmentation)
+        reference = {"path": str(index.reference), "index": str(index.directory), **index.ensure()}
+        reference_steps = [
+            ReferenceFilter(index, cfg.verify_threshold, cfg.exact, cfg.near, ctx.quarantine_dir, ctx.name)
+        ]
     ctx.run_pipeline(
-        [*ctx.input_readers(), DedupFilter(ws, ctx.quarantine_dir, ctx.name), RecordWriter(ctx.output_dir)],
+        [
+            *ctx.input_readers(),
+            DedupFilter(ws, ctx.quarantine_dir, ctx.name),
+            *reference_steps,
+            RecordWriter(ctx.output_dir),
+        ],
         name="filter",
         tasks=tasks,
     )
@@ -514,4 +566,11 @@ def run(ctx: StageContext) -> dict:
             "verify": cfg.verify,
             "verify_threshold": cfg.verify_threshold,
         }
+    } | ({"reference": _reference_summary(reference, ctx.counters())} if reference else {})
+
+
+def _reference_summary(reference: dict, counters: dict[str, float]) -> dict:
+    keep = ("path", "index", "reused", "shards", "languages")
+    return {key: reference[key] for key in keep} | {
+        "removed": int(counters.get("quarantined/reference_duplicate", 0))
     }

@@ -74,7 +74,7 @@ def unassigned_languages(ctx: StageContext, scheme: Scheme) -> Counter:
 
 
 def run(ctx: StageContext) -> dict:
-    scheme = ctx.registry.scheme(ctx.cfg.registry.scheme)
+    scheme = ctx.registry.resolve_scheme(ctx.cfg.registry.scheme)
     unassigned = unassigned_languages(ctx, scheme)
     quarantine = ctx.cfg.families.on_unassigned == "quarantine"
     if unassigned and not quarantine:

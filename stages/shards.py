@@ -14,7 +14,6 @@ Every file appears under its final name only when complete (tmp file + rename).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -26,6 +25,7 @@ import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipeline import atomic
 from pipeline.dag import StageContext, corpus_config_hash
 from pipeline.dataset_card import write_dataset_card
 from pipeline.manifest import Manifest, ShardFile, file_sha256, shard_relpath, write_manifest
@@ -218,17 +218,15 @@ class ShardMerger(PipelineStep):
 
 def write_table_atomic(table: pa.Table, path: Path, row_group_size: int, compression: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        pq.write_table(
-            table.combine_chunks(),
-            tmp,
-            row_group_size=row_group_size,
-            compression=None if compression == "none" else compression,
-        )
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            pq.write_table(
+                table.combine_chunks(),
+                tmp,
+                row_group_size=row_group_size,
+                compression=None if compression == "none" else compression,
+            )
     except OSError as exc:  # disk full, quota: say which file
-        tmp.unlink(missing_ok=True)
         raise write_error(path, exc) from exc
 
 
@@ -294,10 +292,7 @@ def merge_group(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, data, indent=1, ensure_ascii=False, sort_keys=True)
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
@@ -305,7 +300,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run(ctx: StageContext) -> dict:
     s = ctx.cfg.shards
-    scheme = ctx.registry.scheme(ctx.cfg.registry.scheme)
+    scheme = ctx.registry.resolve_scheme(ctx.cfg.registry.scheme)
     keys_path = ctx.stage_dir / "split_keys.json"
     if not keys_path.exists():
         _write_json(keys_path, linked_split_keys(ctx.input_dirs()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,20 @@ def registry():
     return load_registry()
 
 
+def require_shared_data() -> Path:
+    """The real third-party data under ../shared/data. Missing, a test skips on a laptop but fails in
+    CI (CI=true), where the data is provisioned and a silent skip would hide lost coverage."""
+    if not SHARED_DATA.is_dir():
+        message = f"shared data not found at {SHARED_DATA}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: tests on real data must run in CI)", pytrace=False)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return require_shared_data()
 
 
 @pytest.fixture

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -85,3 +89,15 @@ def test_lid_cross_validation_smoke(tmp_path, shared_data):
     assert set(headroom) == set(results["checked_languages"])
     assert all(0 < h["lowest_own_share"] <= 1 for h in headroom.values())
     assert results["commit"]
+
+
+def test_extract_benchmark_smoke(tmp_path, shared_data):
+    stdout, results = _run_bench("bench_extract.py", ["--repeats", "1"], tmp_path / "extract.json")
+    assert "trafilatura" in stdout and "resiliparse" in stdout and "mediawiki" in stdout
+    for name in ("trafilatura", "resiliparse"):
+        assert results["extractors"][name]["webmd"]["article_recall"] == 1.0
+        assert results["extractors"][name]["warc"]["pages"] == 16
+    assert {fmt: r["documents"] for fmt, r in results["readers"].items()} == {
+        "warc": 16, "html": 1, "pdf": 1, "jats": 1, "medline": 2, "mediawiki": 5, "docx": 1, "epub": 1,
+    }  # fmt: skip
+    assert results["commit"] and results["command"].startswith("bench/bench_extract.py")

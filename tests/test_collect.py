@@ -261,6 +261,7 @@ def test_tmx_with_a_broken_tail_keeps_the_units_before_the_break(tmp_path):
     assert "the rest is lost" in rejects[-1]["detail"]
 
 
+@pytest.mark.slow
 def test_real_tico19_translation_memory(tmp_path, shared_data):
     with zipfile.ZipFile(shared_data / "tico19_all.en-fr.tmx.zip") as archive:
         archive.extractall(tmp_path / "tm")
@@ -370,6 +371,7 @@ def test_dialogue_messages_with_role_aliases(tmp_path):
     assert rejects[0]["reason"] == "bad_field" and "unknown role 'nurse'" in rejects[0]["detail"]
 
 
+@pytest.mark.slow
 def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
     import datasets
 
@@ -392,6 +394,7 @@ def test_hugging_face_datasets_from_disk_and_local_files(tmp_path):
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_each_kind_of_bad_input_is_rejected_with_its_reason_and_the_stage_finishes(tmp_path):
     good = {"text": EN, "lang": "en"}
     lines = [
@@ -502,6 +505,7 @@ def test_inconsistent_source_fields_fail_at_load(tmp_path, overrides, message):
         load_config(_config(tmp_path, [source("a", "a.jsonl", **overrides)]))
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     path = _config(tmp_path, [])
     result = run_stage_cli("collect", path, tmp_path / "o")
@@ -534,6 +538,7 @@ SAMPLE = ROOT / "data" / "sample"
 MAJOR = ("en", "zh", "fr", "es", "ar", "hi", "de", "pt", "ru", "ja", "ko", "it")
 
 
+@pytest.mark.slow
 def test_committed_sample_is_what_build_sample_produces(tmp_path):
     subprocess.run(
         [sys.executable, str(SAMPLE / "build_sample.py"), "--out", str(tmp_path)],
@@ -560,6 +565,7 @@ def demo(tmp_path_factory):
     return records, rejects, json.loads((out / "collect" / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_demo_collects_every_format_and_language_of_the_sample(demo):
     records, _, summary = demo
     by_language = {}
@@ -574,6 +580,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {name for name, s in summary["sources"].items() if s["records"] > 0} == {
         "medical_books", "medical_papers", "guidelines", "encyclopedia", "exams", "dialogues",
         "general", "web_pages", "translation_memory", "apollo", "forum_posts",
+        "clinic_pages", "crawl", "sepsis_guide", "pmc_articles", "pubmed", "medwiki", "leaflets",
     }  # fmt: skip
     assert len({r["id"] for r in records}) == len(records)
     exams = [r for r in records if r["source"] == "exams"]
@@ -587,6 +594,7 @@ def test_demo_collects_every_format_and_language_of_the_sample(demo):
     assert {("sw", "exam"), ("ha", "dialogue"), ("rw", "general"), ("th", "paper")} <= apollo
 
 
+@pytest.mark.slow
 def test_demo_finds_every_planted_item_and_rejects_exactly_the_broken_lines(demo):
     records, rejects, summary = demo
     by_id = {r["id"]: r for r in records}
@@ -634,10 +642,14 @@ def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
         dict(q.medical_weight),
         None,
         0,
-        tuple(q.heuristic_types),
+        heuristic_types=tuple(q.heuristic_types),
     )
     docs = [
-        Document(r["text"], r["id"], metadata={"language": r["language"], "source_type": r["source_type"]})
+        Document(
+            r["text"],
+            r["id"],
+            metadata={"language": r["language"], "source": r["source"], "source_type": r["source_type"]},
+        )
         for r in records
     ]
     removed = {
@@ -662,6 +674,47 @@ def test_example_config_documents_every_source_and_collect_option():
         assert re.search(rf"^\s*(- )?{name}:", text, re.M), f"configs/example_full.yaml lacks '{name}'"
 
 
+@pytest.mark.slow
+def test_demo_reads_each_raw_document_format(demo):
+    """data/sample/raw/ (build_raw.py): one small file per document format, with the chrome real
+    files have; collect keeps the text and drops the chrome."""
+    records, _, summary = demo
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    counts = {name: len(rows) for name, rows in by_source.items()}
+    assert {k: counts[k] for k in ("clinic_pages", "crawl", "sepsis_guide", "pmc_articles")} == {
+        "clinic_pages": 1, "crawl": 2, "sepsis_guide": 1, "pmc_articles": 1,
+    }  # fmt: skip
+    assert {k: counts[k] for k in ("pubmed", "medwiki", "leaflets")} == {
+        "pubmed": 2,
+        "medwiki": 2,
+        "leaflets": 1,
+    }
+    (page,) = by_source["clinic_pages"]
+    assert page["url"] == "https://clinic.example.org/topics/hand-washing"
+    assert "for at least twenty seconds" in page["text"] and "Cookie settings" not in page["text"]
+    crawl = {r["url"]: r for r in by_source["crawl"]}
+    assert crawl["https://sante.example.fr/grippe"]["language"] == "fr"
+    assert (
+        crawl["https://sante.example.fr/grippe"]["source_id"]
+        == "<urn:uuid:00000000-0000-4000-8000-000000000001>"
+    )
+    (guide,) = by_source["sepsis_guide"]
+    assert "Sepsis: a guide for families" not in guide["text"]  # the running header
+    assert "if someone with an infection has slurred speech or confusion, extreme shivering" in guide["text"]
+    (article,) = by_source["pmc_articles"]
+    assert article["license"] == "CC-BY-4.0" and article["source_id"] == "PMC9900101"
+    assert "Fictional Journal" not in article["text"] and "Correct preparation" not in article["text"]
+    assert {r["source_id"] for r in by_source["pubmed"]} == {"99000201", "99000202"}
+    wiki = {r["source_id"]: r for r in by_source["medwiki"]}
+    assert set(wiki) == {"1001", "1002"}  # the redirect, the talk page and the railway page are not read
+    assert "Infobox" not in wiki["1001"]["text"] and "Region A" not in wiki["1001"]["text"]
+    assert "Take every dose at the times" in by_source["leaflets"][0]["text"]
+    assert summary["sources"]["crawl"]["format"] == "warc"
+
+
+@pytest.mark.slow
 def test_translation_memory_covers_the_english_passages_it_is_for(demo):
     """Every English record of medical_books and guidelines is its title plus sentences that are all
     translation units with sw, vi and cs (so the demo translates them with no endpoint)."""

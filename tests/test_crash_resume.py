@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from conftest import record, write_records
 from helpers import demo_runs
 
 from pipeline.record_io import list_parquet
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,3 +217,132 @@ def test_a_write_error_stops_the_stage_clearly_and_keeps_earlier_outputs(tmp_pat
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# --- two runs on one OUT --------------------------------------------------------------------------
+
+_HOLD_LOCK = """
+import sys, time
+from pipeline.run_lock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold_lock(out: Path, env: dict) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_the_same_out_exits_at_once_naming_the_holder(tmp_path):
+    """`make shards` twice on one OUT: the second stops at once with the first one's PID and
+    command instead of both failing on each other's files; with --wait it queues behind it."""
+    config = demo_runs.make_project(tmp_path)
+    out = tmp_path / "out"
+    env = {k: v for k, v in demo_runs.cli_env().items() if k != "MEDBABEL_RUN"}
+    holder = _hold_lock(out, env)
+    try:
+        started = time.time()
+        result = demo_runs.run_stage_cli("collect", config, out, env=env)
+        assert result.returncode == 2
+        assert time.time() - started < 30
+        last = result.stderr.strip().splitlines()[-1]
+        assert f"PID {holder.pid}" in last and "run_lock" in last and "--wait" in last, last
+        assert not (out / "collect").exists()  # nothing was touched
+
+        fingerprint = [sys.executable, "-m", "pipeline", "fingerprint", "--config", str(config)]
+        waiter = subprocess.Popen(
+            [*fingerprint, "--out", str(out), "--wait"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert f"waiting for PID {holder.pid}" in waiter.stderr.readline()
+        time.sleep(1)
+        assert waiter.poll() is None and not (out / ".fingerprints").exists()  # still queued
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiter.wait(timeout=60) == 0
+    assert (out / ".fingerprints" / "collect").is_file()
+
+
+def test_stages_of_one_make_run_wait_for_each_other(tmp_path):
+    """`make -j` starts sibling stages of one run at once: they share a run token and queue."""
+    config = demo_runs.make_project(tmp_path)
+    out = tmp_path / "out"
+    env = demo_runs.cli_env({"MEDBABEL_RUN": "run-a"})
+    holder = _hold_lock(out, env)
+    fingerprint = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "fingerprint",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+    ]
+    sibling = subprocess.Popen(fingerprint, env=env, stderr=subprocess.PIPE, text=True)
+    other = subprocess.run(
+        fingerprint, env=demo_runs.cli_env({"MEDBABEL_RUN": "run-b"}), capture_output=True, text=True
+    )
+    assert other.returncode == 2 and f"PID {holder.pid}" in other.stderr
+    time.sleep(1)
+    assert sibling.poll() is None
+    holder.kill()
+    holder.wait()
+    assert sibling.wait(timeout=60) == 0
+
+
+_TRAIN_CLASSIFIER = """
+import resource, sys
+from pathlib import Path
+from pipeline.text import medical_classifier as mc
+limit = int(sys.argv[3])
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+settings = mc.TrainingSettings(max_docs=200, min_docs=5, epochs=5, seed=0)
+try:
+    mc.train([Path(sys.argv[1])], Path(sys.argv[2]), settings)
+except RuntimeError as exc:
+    print("failed:", str(exc).splitlines()[0])
+"""
+
+
+def test_a_classifier_model_cut_short_by_a_full_disk_never_appears(tmp_path):
+    """fastText does not report a failed write: on a full disk (here a file size limit) it leaves a
+    truncated model and says nothing. The model is read back before it is moved into place, so the
+    training fails, nothing stands under the model's name, and training again once there is room
+    gives the model of an uninterrupted run (a re-run after a disk-full stop gives the same output)."""
+    sample = tmp_path / "sample.jsonl"
+    rows = []
+    for i in range(300):
+        label = "medical" if i % 2 else "general"
+        text = "fever cough dose patient" if label == "medical" else "train coast river sunrise"
+        rows.append(json.dumps({"h": i, "fold": (i // 2) % 2, "label": label, "text": f"{text} {i}"}))
+    sample.write_text("\n".join(rows) + "\n")
+
+    def train(model_dir: Path, limit: int) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", _TRAIN_CLASSIFIER, str(sample), str(model_dir), str(limit)],
+            env=demo_runs.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    reference = tmp_path / "reference"
+    assert train(reference, 0) == ""
+    models = sorted(p.name for p in reference.glob("*.bin"))
+    assert models == ["medical-fold0.bin", "medical-fold1.bin"]
+
+    interrupted = tmp_path / "interrupted"
+    assert "failed: fastText training" in train(interrupted, 1 << 20)  # the models are ~17 MB
+    assert not list(interrupted.glob("*.bin"))  # no truncated model under a final name
+    assert train(interrupted, 0) == ""
+    for name in models:
+        assert (interrupted / name).read_bytes() == (reference / name).read_bytes()

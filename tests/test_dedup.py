@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +112,7 @@ def test_planted_duplicates_found_and_nothing_else(tmp_path, write_config, plant
     assert summary["docs_in"] == len(rows) and summary["docs_out"] == len(kept)
 
 
+@pytest.mark.slow
 def test_same_result_for_any_task_count_and_input_sharding(tmp_path, write_config, planted):
     rows, _ = planted
     results = []
@@ -129,6 +131,7 @@ def test_same_result_for_any_task_count_and_input_sharding(tmp_path, write_confi
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_output(tmp_path, write_config, planted):
     rows, _ = planted
     setup_run(tmp_path, rows, files=2)
@@ -174,6 +177,7 @@ def test_source_priority_decides_the_kept_document(tmp_path, write_config):
     assert [r["quarantine_detail"] for r in load(tmp_path / "dedup" / "quarantine")] == ["from-guideline"]
 
 
+@pytest.mark.slow
 def test_near_dedup_can_be_switched_off(tmp_path, write_config, planted):
     rows, _ = planted
     setup_run(tmp_path, rows)
@@ -181,6 +185,7 @@ def test_near_dedup_can_be_switched_off(tmp_path, write_config, planted):
     assert summary["quarantined_by_reason"] == {"exact_duplicate": 5}
 
 
+@pytest.mark.slow
 def test_recall_and_precision_against_exact_jaccard(tmp_path, write_config):
     """Small version of the benchmark's figure: copies with 0-8 substituted words (Jaccard ~0.4-1.0)."""
     rng = random.Random(11)
@@ -222,3 +227,59 @@ def test_connected_components_matches_union_find():
         parent[max(ra, rb)] = min(ra, rb)
     expected = np.array([find(i) for i in range(n)])
     np.testing.assert_array_equal(connected_components(np.arange(n), edges), expected)
+
+
+@pytest.mark.slow
+def test_reference_dedup_removes_planted_copies_of_an_earlier_corpus(tmp_path, write_config):
+    """`dedup.reference`: copies (exact and near) of an earlier run's shards are removed, naming the
+    earlier document; the rest is kept; the index is built once next to the shards and reused."""
+    rng = random.Random(11)
+    words = vocabulary(3)
+    earlier = [record(f"old-{i:03d}", random_text(rng, words, rng.randint(80, 140))) for i in range(40)]
+    earlier += [record(f"old-fr-{i}", random_text(rng, vocabulary(4), 100), "fr") for i in range(5)]
+    reference = tmp_path / "earlier" / "shards"
+    write_records(reference / "train" / "en", earlier[:20], name="00000.parquet")
+    write_records(reference / "valid", earlier[20:], name="00000.parquet")
+    new = [record(f"new-{i:03d}", random_text(rng, words, 120)) for i in range(30)]
+    planted = {}
+    for i in range(5):  # exact copies (case and punctuation changed)
+        planted[f"copy-exact-{i}"] = earlier[i]["id"]
+        new.append(record(f"copy-exact-{i}", earlier[i]["text"].upper().replace(" ", ", ", 2)))
+    for i in range(20, 28):  # near copies: one word replaced, the last dropped
+        planted[f"copy-near-{i}"] = earlier[i]["id"]
+        new.append(record(f"copy-near-{i}", substitute(rng, earlier[i]["text"], 1).rsplit(" ", 1)[0]))
+    # the same text under another language is not a copy (the index is per language)
+    new.append(record("fr-version-of-old-030", earlier[30]["text"], "fr"))
+
+    for run in (1, 2):
+        out = tmp_path / f"run{run}"
+        setup_run(out, new)
+        cfg = config(write_config, reference=str(reference))
+        summary = run_stage("dedup", cfg, out)
+        removed = {r["id"]: r for r in load(out / "dedup" / "quarantine")}
+        assert set(removed) == set(planted)
+        for doc_id, old_id in planted.items():
+            assert removed[doc_id]["quarantine_reason"] == "reference_duplicate"
+            assert f" of {old_id} in " in removed[doc_id]["quarantine_detail"]
+        assert removed["copy-exact-0"]["quarantine_detail"].startswith("exact copy")
+        assert removed["copy-near-20"]["quarantine_detail"].startswith("near copy (Jaccard")
+        kept = {r["id"] for r in load(out / "dedup" / "output")}
+        assert kept == {r["id"] for r in new} - set(planted)
+        ref = summary["reference"]
+        assert ref["removed"] == len(planted) and ref["languages"] == {"en": 40, "fr": 5}
+        assert ref["reused"] is (run == 2)
+    index_dir = Path(ref["index"])
+    assert index_dir.parent.parent == reference and (index_dir / "en.sig").exists()
+    # the earlier shards changed: the index is rebuilt
+    write_records(reference / "valid", earlier[20:30], name="00000.parquet")
+    out = tmp_path / "run3"
+    setup_run(out, new)
+    summary = run_stage("dedup", config(write_config, reference=str(reference)), out)
+    assert summary["reference"]["reused"] is False and summary["reference"]["languages"] == {"en": 30}
+    assert summary["reference"]["removed"] == 5 + 8  # the near copies' originals are still there
+
+
+def test_reference_dedup_names_a_missing_reference(tmp_path, write_config):
+    setup_run(tmp_path, [record("a", "some text here for the test")])
+    with pytest.raises(Exception, match="dedup.reference: .*nowhere is not a directory"):
+        run_stage("dedup", config(write_config, reference=str(tmp_path / "nowhere")), tmp_path)

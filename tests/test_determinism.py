@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 
 import pyarrow.parquet as pq
+import pytest
 from helpers import demo_runs
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 
 def test_same_config_gives_byte_identical_outputs(tmp_path_factory):

@@ -31,6 +31,8 @@ from moe_train.eval.routing_analysis import RoutingStats, balance_summary, js_di
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.loss import IGNORE_INDEX
 
+pytestmark = pytest.mark.slow  # trains or runs a model: not in `make test-fast`
+
 CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
 
 
@@ -122,10 +124,9 @@ def test_first_line_stopping_criterion(tiny):
 
 @pytest.fixture(scope="module")
 def valid_docs(tiny, tmp_path_factory, registry):
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     shards = tmp_path_factory.mktemp("shards")
     tico_shards(shards, SHARED_DATA, ["en", "zh", "ar", "sw"], valid=3, train=1)
     _, tokenizer = tiny

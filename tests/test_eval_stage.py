@@ -13,6 +13,8 @@ from moe_train.eval.mcq import Prediction, aggregate, load_benchmark
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLE_BENCHMARK = (
     Path(__file__).resolve().parent.parent / "data" / "sample" / "benchmark" / "medqa_sample.jsonl"
@@ -21,10 +23,9 @@ SAMPLE_BENCHMARK = (
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     return evaluated_run(tmp_path_factory.getbasetemp(), SHARED_DATA)
 
 

@@ -31,6 +31,8 @@ from pipeline.executors import PROJECT_ROOT, PipelineRun, TaskFailedError, run_p
 from pipeline.manifest import load_manifest
 from pipeline.record_io import RecordReader, RecordWriter, list_parquet, read_records
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 LANGS = ["en", "fr", "de", "zh", "sw"]
 
 

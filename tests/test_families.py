@@ -7,6 +7,8 @@ from pipeline.dag import run_stage
 from pipeline.record_io import list_parquet, read_records
 from pipeline.registry import UnassignedLanguageError
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
 
 

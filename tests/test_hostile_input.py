@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from helpers.hostile_corpus import build_cases, build_stops
 
 from pipeline.cli import main as cli_main
 from pipeline.record_io import list_parquet
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +99,7 @@ def test_hostile_configs_stop_with_a_message(tmp_path, capsys):
     rows = []
     for stop in build_stops(tmp_path / "inputs"):
         config = tmp_path / f"{stop.kind.replace(' ', '_')}.yaml"
-        config.write_text(yaml.safe_dump(stop.config))
+        config.write_text(stop.yaml_text if stop.yaml_text is not None else yaml.safe_dump(stop.config))
         out = stop.extra.get("out", str(tmp_path / "out"))
         code = cli_main(["run", "collect", "--config", str(config), "--out", out])
         captured = capsys.readouterr()
@@ -146,3 +150,113 @@ def test_html_soup_is_quarantined_before_the_shards(tmp_path):
     assert len(reasons) == len(soups)
     assert all(r.startswith(("langid: wrong_language", "quality: low_quality")) for r in reasons)
     assert not list_parquet(out / "quality" / "output")
+
+
+# --- decompression bombs in bounded memory ------------------------------------------------------
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+result = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stderr.write(result.stderr[-3000:])
+print(result.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+"""
+
+
+def _collect_peak_mb(tmp: Path, name: str, source: dict, collect: dict) -> tuple[int, int, Path]:
+    """(exit code, peak RSS in MB of the collect run and its workers, OUT)."""
+    config = tmp / f"{name}.yaml"
+    settings = {"executor": {"tasks": 1, "workers": 1}, "collect": collect, "sources": [source]}
+    config.write_text(yaml.safe_dump(settings))
+    out = tmp / f"out-{name}"
+    command = [sys.executable, "-m", "pipeline", "run", "collect", "--config", str(config), "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *command],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    code, peak = result.stdout.split()
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr, result.stderr
+    return int(code), int(peak), out
+
+
+def test_bomb_inputs_stay_within_a_few_hundred_mb(tmp_path):
+    """Each bomb (built small on disk) is read in bounded memory: stopped by the per-file limits by
+    default, and, with those lifted, by the per-record byte cap (each huge line/segment read to its
+    end a piece at a time). Peak RSS is measured on the collect process and its workers, next to a
+    run over a one-line file."""
+    from helpers.hostile_corpus import (
+        _source,
+        gzip_one_line_bomb,
+        tmx_segment_bomb,
+        zstd_many_records_bomb,
+        zstd_one_line_bomb,
+    )
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    small = inputs / "small.jsonl"
+    small.write_text('{"text": "Fever and cough."}\n')
+    lifted = {"max_compression_ratio": 1e12, "max_decompressed_bytes": 1 << 50}
+    runs = [
+        ("one-line file", _source("small", small), {}, None),
+        (
+            "gzip bomb, 1 GB line",
+            _source("gz", gzip_one_line_bomb(inputs / "a.jsonl.gz", 1 << 30)),
+            {},
+            "decompression_limit",
+        ),
+        (
+            "zstd bomb, 8 GB line",
+            _source("zst", zstd_one_line_bomb(inputs / "b.jsonl.zst", 8 << 30)),
+            {},
+            "decompression_limit",
+        ),
+        (
+            "gzip TMX bomb, 2 GB segment",
+            _source("tmx", tmx_segment_bomb(inputs / "c.tmx.gz", 2 << 30), "tmx"),
+            {},
+            "decompression_limit",
+        ),
+        (
+            "zstd, 4 M records",
+            _source("many", zstd_many_records_bomb(inputs / "d.jsonl.zst", 4_000_000)),
+            {},
+            "decompression_limit",
+        ),
+        ("gzip 1 GB line, limits lifted", _source("gz2", inputs / "a.jsonl.gz"), lifted, "too_large"),
+        (
+            "zstd 1 GB line, limits lifted",
+            _source("zst2", zstd_one_line_bomb(inputs / "e.jsonl.zst", 1 << 30)),
+            lifted,
+            "too_large",
+        ),
+        (
+            "TMX 1 GB segment, limits lifted",
+            _source("tmx2", tmx_segment_bomb(inputs / "f.tmx.gz", 1 << 30), "tmx"),
+            lifted,
+            "too_large",
+        ),
+    ]
+    rows, peaks = [], {}
+    for kind, source, collect, reason in runs:
+        code, peak, out = _collect_peak_mb(tmp_path, source["name"], source, collect)
+        reasons = sorted(
+            {
+                r["reason"]
+                for p in list_parquet(out / "collect" / "rejected")
+                for r in pq.read_table(p).to_pylist()
+            }
+        )
+        peaks[kind] = peak
+        ok = code == 0 and (reason is None or reasons == [reason])
+        rows.append(
+            (kind, reason or "kept", f"exit {code}, {', '.join(reasons) or 'no rejects'}, peak {peak} MB", ok)
+        )
+    baseline = peaks["one-line file"]
+    for i, (kind, *_rest) in enumerate(rows):
+        if peaks[kind] > baseline + 300:
+            rows[i] = (*rows[i][:3], False)
+    print(f"\n{_table(rows)}\n(peak RSS of the collect process tree; baseline {baseline} MB)")
+    assert all(ok for *_, ok in rows), _table(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA, fake_upstream, record
+from conftest import SHARED_DATA, fake_upstream, record, require_shared_data
 from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
 from pipeline.dag import run_stage
@@ -12,12 +12,13 @@ from pipeline.llm.cache import normalize_segment
 from pipeline.schema import derived_id
 from stages.rewrite import passages as split_passages
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def passages():
     """Real English and French passages: TICO-19 sentences, five to a paragraph."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     parallel = tico_parallel(SHARED_DATA / "tico19_health_sentences.jsonl.gz")
     english = [s for s in parallel if s.endswith(".") and "fr" in parallel[s]][:60]
     out = {}

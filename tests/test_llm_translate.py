@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, SHARED_DATA, fake_upstream, record
+from conftest import ROOT, SHARED_DATA, fake_upstream, record, require_shared_data
 from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
 from pipeline.dag import run_stage
@@ -27,6 +27,8 @@ from pipeline.llm.checks import OutputChecker
 from pipeline.llm.segments import sentence_pieces
 from pipeline.schema import derived_id
 from pipeline.text.fasttext_lid import LanguageIdentifier
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 KEY_ENV = "MEDBABEL_TEST_LLM_KEY"
 KEY = "sk-medbabel-test-9f8e7d6c5b4a"
@@ -55,8 +57,7 @@ CHECK_REASONS = {
 def parallel(registry):
     """English TICO-19 sentences (ending in . ? or !, so that joined ones split again) whose human
     translations into TARGETS pass every check."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     checker = OutputChecker(registry, LanguageIdentifier(registry))
     clean = {}
     for english, translations in tico_parallel(SHARED_DATA / "tico19_health_sentences.jsonl.gz").items():

@@ -17,7 +17,10 @@ from conftest import ROOT
 
 from pipeline.record_io import list_parquet
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed"),
+]
 SAMPLE = ROOT / "data" / "sample"
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from moe_train.causal_lm import prepare_model
 from moe_train.data import PackedSequence, collate
+from moe_train.distributed import Runtime, full_state_dict
 from moe_train.loss import IGNORE_INDEX
-from moe_train.train import MasterWeights, Runtime, StepRunner, full_state_dict, make_optimizer, prepare_model
+from moe_train.precision import MasterWeights
+from moe_train.train import make_optimizer, train_step
 from moe_train.upcycle import PRESETS, upcycle
 from pipeline.config import TrainSection
 
@@ -77,6 +81,7 @@ def _rows(n: int, seq_len: int, vocab: int, seed: int) -> list[PackedSequence]:
     return rows
 
 
+@pytest.mark.slow  # trains a Post-MoE model
 def test_a_postmoe_model_trains_with_bf16_params_and_saves_float32_masters():
     torch.manual_seed(0)
     config = Qwen2Config(**{**PRESETS["tiny"], "vocab_size": 256})
@@ -89,7 +94,6 @@ def test_a_postmoe_model_trains_with_bf16_params_and_saves_float32_masters():
     optimizer = make_optimizer(model, cfg)
     assert all(p.dtype == torch.float32 for group in optimizer.param_groups for p in group["params"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    runner = StepRunner(model, optimizer, scheduler, cfg, runtime)
     rows = _rows(4, cfg.seq_len, config.vocab_size, seed=1)
     step = [collate(rows[:2]), collate(rows[2:])]
 
@@ -97,7 +101,7 @@ def test_a_postmoe_model_trains_with_bf16_params_and_saves_float32_masters():
     assert saved.keys() == before.keys()
     assert all(torch.equal(saved[k], before[k]) and saved[k].dtype == torch.float32 for k in before)
 
-    losses = [runner.train_step(step, i + 1)["loss"] for i in range(8)]
+    losses = [train_step(model, optimizer, scheduler, step, cfg, runtime, i + 1).loss for i in range(8)]
     assert losses[-1] < losses[0] - 0.5, losses
     for compute, weights in zip(model.master.compute_params, model.master.master_params, strict=True):
         assert compute.dtype == torch.bfloat16 and weights.dtype == torch.float32

@@ -134,3 +134,13 @@ def test_cli_prints_the_plan_and_the_settings_table(tmp_path, capsys) -> None:
     assert "10.06B parameters (8.02B active)" in out.splitlines()[0]
     assert "total per GPU" in out and "checkpointing  reshard  offload" in out
     assert len([line for line in out.splitlines() if line.endswith(("yes", "no"))]) == 8
+
+
+def test_train_command_prints_the_plan(tmp_path, capsys) -> None:
+    from moe_train import train
+
+    config = tmp_path / "config.yaml"
+    config.write_text("train:\n  model: qwen2-7b\n  seq_len: 4096\n  activation_checkpointing: true\n")
+    assert train.main(["--plan", "--config", str(config), "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 GPU(s)" in out and "activation checkpointing on" in out and "fits in 80 GiB" in out

@@ -449,6 +449,7 @@ def _run(tmp_path, write_config, rows, tasks: int, name: str):
     return out, summary, kept, quarantined
 
 
+@pytest.mark.slow
 def test_quality_stage_end_to_end(tmp_path, write_config, shared_data):
     rows = _corpus(shared_data)
     out, summary, kept, quarantined = _run(tmp_path, write_config, rows, tasks=1, name="one")
@@ -490,6 +491,7 @@ def test_quality_stage_end_to_end(tmp_path, write_config, shared_data):
     assert summary["pii_replacements"]["per_language"]["fr"] == {"EMAIL": 1, "ID": 1, "PHONE": 1}
 
 
+@pytest.mark.slow
 def test_quality_output_independent_of_task_count(tmp_path, write_config, shared_data):
     rows = _corpus(shared_data)
     out1, _, kept1, quarantined1 = _run(tmp_path, write_config, rows, tasks=1, name="one")

@@ -159,3 +159,14 @@ def test_user_can_add_a_scheme_and_language_without_code(tmp_path):
     assert registry.scheme("two").expert_for("tl").name == "rest"
     assert registry.scheme("family7").expert_for("tl").name == "austronesian"
     assert registry.scheme("two").expert_for("ja").id == 0
+
+
+def test_the_run_scheme_is_resolved_in_one_place(registry):
+    """Config first, then the scheme the shards were tagged with, then the registry default; a config
+    that disagrees with the shards is refused, naming both schemes."""
+    assert registry.resolve_scheme(None).name == registry.default_scheme == "family7"
+    assert registry.resolve_scheme("major12").name == "major12"
+    assert registry.resolve_scheme(None, "major12").name == "major12"
+    assert registry.resolve_scheme("major12", "major12").name == "major12"
+    with pytest.raises(RegistryError, match="tagged with expert scheme 'major12'.*configured for 'family7'"):
+        registry.resolve_scheme("family7", "major12", Path("out/shards"))

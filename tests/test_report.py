@@ -19,6 +19,8 @@ from moe_train.eval.report import build_report
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 RENDER_CHECK = """<script>
@@ -135,10 +137,9 @@ def _training_log(path: Path) -> None:
 
 @pytest.fixture
 def full_run(tmp_path_factory):
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, require_shared_data
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    require_shared_data()
     config_path, out = evaluated_run(tmp_path_factory.getbasetemp(), SHARED_DATA)
     _training_log(out / "train" / "logs" / "train.jsonl")
     for stage, docs_in, docs_out in (("collect", 0, 900), ("translate", 900, 250), ("dedup", 1150, 1100)):

@@ -112,6 +112,7 @@ def test_hybrid_router_forces_family_in_training_and_is_stock_without_expert_ids
     assert not torch.allclose(forced, stock(tokens).logits)  # forcing changed some routes
 
 
+@pytest.mark.slow
 def test_compiled_layers_trace_each_layer_type_once_with_hybrid_routing():
     """Every decoder layer shares one compiled function, so anything a router reads that differs from
     one MoE layer to the next (such as the length of a shared list of logits) makes torch.compile

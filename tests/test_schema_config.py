@@ -80,7 +80,7 @@ def test_config_errors_name_the_key(write_config):
                     {
                         "name": "a",
                         "path": "x",
-                        "format": "docx",
+                        "format": "pptx",
                         "source_type": "paper",
                         "license": "x",
                         "language": "en",

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import demo_runs
+
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -37,7 +40,7 @@ def _is_true(node) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
-SAFE_YAML_LOADERS = ("SafeLoader", "CSafeLoader")
+SAFE_YAML_LOADERS = ("SafeLoader", "CSafeLoader", "StrictLoader")  # StrictLoader: see the test below
 
 
 def unsafe_calls(source: str) -> list[str]:
@@ -57,7 +60,8 @@ def unsafe_calls(source: str) -> list[str]:
             found.append(f"{where} without weights_only=True")
         if owner == "yaml" and name in ("load", "load_all", "unsafe_load", "full_load", "unsafe_load_all"):
             loader = _kw(node, "Loader")
-            safe = name == "load" and isinstance(loader, ast.Attribute) and loader.attr in SAFE_YAML_LOADERS
+            loader_name = loader.attr if isinstance(loader, ast.Attribute) else getattr(loader, "id", "")
+            safe = name == "load" and loader_name in SAFE_YAML_LOADERS
             if not safe:
                 found.append(f"{where} (use yaml.safe_load or Loader=yaml.CSafeLoader)")
         if name == "load" and owner in ("np", "numpy") and _is_true(_kw(node, "allow_pickle")):
@@ -70,6 +74,13 @@ def unsafe_calls(source: str) -> list[str]:
         if name == "from_pretrained" and isinstance(safetensors, ast.Constant) and safetensors.value is False:
             found.append(f"{where} with use_safetensors=False")
     return found
+
+
+def test_the_strict_yaml_loader_is_a_safe_loader():
+    from pipeline.yaml_files import StrictLoader
+
+    assert issubclass(StrictLoader, yaml.SafeLoader | getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert yaml.constructor.SafeConstructor in StrictLoader.__mro__
 
 
 def test_the_checker_catches_what_it_should():
@@ -134,13 +145,18 @@ def test_a_secret_in_a_failing_task_stays_out_of_logs_and_messages(tmp_path):
 def test_the_api_key_reaches_no_output_file_of_a_run(tmp_path, shared_data):
     """The demo's stages that call an LLM (collect, translate, rewrite: later stages never read the
     key, and would only copy what these wrote) against a loopback endpoint that needs the key and
-    sometimes answers with an error echoing it: no file the run writes and nothing it prints holds
-    the key."""
+    sometimes answers with an error, or a completion, echoing it: no file the run writes (the LLM
+    cache, records, quarantine, logs, summaries) and nothing it prints holds the key."""
     from helpers.llm_server import FakeLLM, LoopbackServer, tico_parallel
 
     key_env = "MEDBABEL_SECURITY_TEST_KEY"
     parallel = tico_parallel(shared_data / "tico19_health_sentences.jsonl.gz")
-    fake = FakeLLM(parallel, api_key=SECRET, faults={"echo_key": 0.25, "server_error": 0.1}, seed=5)
+    fake = FakeLLM(
+        parallel,
+        api_key=SECRET,
+        faults={"echo_key": 0.2, "echo_key_in_reply": 0.2, "server_error": 0.1},
+        seed=5,
+    )
     with LoopbackServer(fake) as server:
         overrides = {
             "llm": {
@@ -160,6 +176,7 @@ def test_the_api_key_reaches_no_output_file_of_a_run(tmp_path, shared_data):
         out = tmp_path / "out"
         console = demo_runs.run_all(config, out, ["collect", "translate", "rewrite"], env={key_env: SECRET})
     assert fake.outcomes["ok"] > 0 and fake.outcomes["echo_key"] > 0  # the key was used, and echoed
+    assert fake.outcomes["echo_key_in_reply"] > 0
     for stage in ("translate", "rewrite"):
         assert json.loads((out / stage / "summary.json").read_text())["docs_out"] > 0, stage
     assert SECRET not in console

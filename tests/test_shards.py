@@ -17,6 +17,8 @@ from pipeline.record_io import list_parquet, read_records
 from pipeline.registry import load_registry
 from stages.shards import linked_split_keys, own_key, split_of
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 SENTENCES = {
     "en": "Patients with asthma should always carry their reliever inhaler.",
     "fr": "Les patients asthmatiques doivent toujours avoir leur inhalateur de secours.",

@@ -21,6 +21,7 @@ def reference_counts(reference: Tokenizer, texts: list[str]) -> list[int]:
     return [len(e.ids) for e in reference.encode_batch(texts, add_special_tokens=False)]
 
 
+@pytest.mark.slow
 def test_counts_equal_the_tokenizers_library_on_every_tico_language(reference, shared_data):
     by_language: dict[str, list[str]] = defaultdict(list)
     with gzip.open(shared_data / "tico19_health_sentences.jsonl.gz", "rt", encoding="utf-8") as fh:
@@ -64,6 +65,7 @@ def test_counts_equal_the_tokenizers_library_on_edge_cases(reference, text):
     assert qwen2_token_counter().count(text) == reference_counts(reference, [text])[0]
 
 
+@pytest.mark.slow
 def test_a_tokenizer_of_another_kind_is_refused_with_the_file_named(tmp_path):
     spec = json.loads((qwen2_tokenizer_dir() / "tokenizer.json").read_text(encoding="utf-8"))
     spec["normalizer"] = None
@@ -73,6 +75,7 @@ def test_a_tokenizer_of_another_kind_is_refused_with_the_file_named(tmp_path):
         Qwen2TokenCounter(path)
 
 
+@pytest.mark.slow
 def test_a_tokenizer_whose_merges_are_out_of_id_order_is_refused(tmp_path):
     spec = json.loads((qwen2_tokenizer_dir() / "tokenizer.json").read_text(encoding="utf-8"))
     merges = spec["model"]["merges"]

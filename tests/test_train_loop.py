@@ -19,6 +19,8 @@ from moe_train.train import NonFiniteLossError, Trainer, lr_factor, no_decay
 from moe_train.upcycle import no_shared_expert_warning
 from pipeline.config import TrainSection, load_config
 
+pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = {"en": 24, "fr": 12, "zh": 12, "sw": 8}
 SMALL = dict(

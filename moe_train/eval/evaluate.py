@@ -19,7 +19,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from moe_train.eval.inference import load_model, resolve_device, resolve_dtype
+from moe_train.device import resolve_device
+from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.mcq import (
     MCQItem,
     Prediction,
@@ -28,26 +29,21 @@ from moe_train.eval.mcq import (
     load_benchmark,
     markdown_tables,
 )
+from pipeline import atomic
 from pipeline.config import Config
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.registry import Registry
 
 
 def write_json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_json(path, data, indent=2, ensure_ascii=False, allow_nan=False)
     return path
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 
@@ -115,11 +111,11 @@ def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_
         write_jsonl(stage_dir / "predictions" / f"{mode}.jsonl", [p.to_json() for p in predictions])
         results[mode] = aggregate(predictions, registry)
     write_json(stage_dir / "accuracy.json", results)
-    (stage_dir / "accuracy.md").write_text(
+    atomic.write_text(
+        stage_dir / "accuracy.md",
         markdown_tables(results)
         if results
         else "No benchmark questions were evaluated (eval.benchmarks is empty).\n",
-        encoding="utf-8",
     )
     return {
         "questions": len(prompts),
@@ -141,7 +137,7 @@ def evaluate_validation(
     shards_dir = Path(out) / "shards"
     if not (shards_dir / MANIFEST_NAME).is_file():
         return {"validation": f"skipped: no shard manifest at {shards_dir / MANIFEST_NAME}"}
-    scheme = registry.scheme(cfg.registry.scheme or registry.default_scheme)
+    scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(shards_dir).scheme, shards_dir)
     docs = read_valid_documents(
         shards_dir,
         tokenizer,

@@ -1,4 +1,4 @@
-"""Batched inference helpers shared by the evaluators: device choice, model loading, left-padded
+"""Batched inference helpers shared by the evaluators: compute dtype, model loading, left-padded
 batches whose results do not depend on how questions were grouped into batches."""
 
 from __future__ import annotations
@@ -6,13 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -28,6 +21,7 @@ class ModelLoadError(FileNotFoundError):
 
 def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
     """A stock `transformers` checkpoint and its tokenizer, in eval mode (no remote code)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from moe_train.upcycle import no_shared_expert_warning
@@ -46,8 +40,16 @@ def load_model(path: str | Path, device: torch.device, dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with no_shared_expert_warning():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
+    try:
+        with no_shared_expert_warning():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # truncated or corrupt files
+        raise ModelLoadError(
+            f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+            f"written by stage 'train' (or the directory eval.model names): redo it with "
+            f"`python -m pipeline run train --force` (same --config and --out)"
+        ) from None
+    model = model.to(device)
     model.eval()
     return model, tokenizer
 

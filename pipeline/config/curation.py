@@ -3,15 +3,35 @@ language ID, families, quality, decontamination and shards."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Section, unit_interval
 from pipeline.schema import SOURCE_TYPES
 
 SourceType = Literal[SOURCE_TYPES]  # type: ignore[valid-type]
-SourceFormat = Literal["jsonl", "parquet", "csv", "tsv", "tmx", "hf", "apollo"]
+SourceFormat = Literal[
+    "jsonl",
+    "parquet",
+    "csv",
+    "tsv",
+    "tmx",
+    "hf",
+    "apollo",
+    "warc",
+    "html",
+    "pdf",
+    "jats",
+    "medline",
+    "mediawiki",
+    "docx",
+    "epub",
+]
+# Formats holding whole documents (web pages, PDFs, articles, wiki pages): their text is extracted,
+# their language comes from `language` or `language_detect`, never from a field.
+DOCUMENT_FORMATS = ("warc", "html", "pdf", "jats", "medline", "mediawiki", "docx", "epub")
 
 
 class SourceSection(Section):
@@ -54,13 +74,56 @@ class SourceSection(Section):
     csv_delimiter: str | None = Field(
         None, description="csv/tsv field separator; ',' for csv and tab for tsv"
     )
+    language_detect: Literal["declared", "lid"] | None = Field(
+        None,
+        description="document formats without a fixed `language`: `declared` takes the document's own "
+        "language (<html lang>, Content-Language, xml:lang, JATS/MEDLINE language) and falls back to "
+        "language ID; `lid` always uses language ID (lid.176)",
+    )
+    extractor: Literal["trafilatura", "resiliparse"] = Field(
+        "trafilatura", description="html/warc main-text extractor (bench/bench_extract.py compares them)"
+    )
+    tables: bool = Field(
+        False, description="jats/medline/html: keep tables as tab-separated text (default: dropped)"
+    )
+    wiki_categories: list[str] = Field(
+        default_factory=list,
+        description="mediawiki: keep only pages in one of these categories (names without 'Category:')",
+    )
+    wiki_title_pattern: str | None = Field(
+        None, description="mediawiki: keep only pages whose title matches this regular expression"
+    )
+    wiki_namespaces: list[int] = Field(
+        default_factory=lambda: [0], description="mediawiki: page namespaces to read (0: articles)"
+    )
+    medical_gate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="web/general sources: the quality stage keeps only documents whose medical score "
+        "(the bootstrap classifier's when quality.medical_gate_bootstrap is on) is at least this; "
+        "curated sources (the other types) cannot be gated",
+    )
     hf_split: str = "train"
     hf_config: str | None = Field(None, description="dataset configuration name for load_dataset")
     priority: int = Field(0, description="higher wins when choosing which near-duplicate to keep")
 
     @model_validator(mode="after")
     def _language_given(self) -> SourceSection:
-        if self.format not in ("tmx", "apollo") and (self.language is None) == (self.language_field is None):
+        if self.format in DOCUMENT_FORMATS:
+            if self.language_field is not None:
+                raise ValueError(
+                    f"'{self.format}' documents have no fields: use 'language' or 'language_detect'"
+                )
+            if (self.language is None) == (self.language_detect is None):
+                raise ValueError("give exactly one of 'language' or 'language_detect'")
+        elif self.language_detect is not None:
+            raise ValueError(
+                f"'language_detect' applies to the document formats {', '.join(DOCUMENT_FORMATS)}"
+            )
+        elif self.format not in ("tmx", "apollo") and (self.language is None) == (
+            self.language_field is None
+        ):
             raise ValueError("give exactly one of 'language' or 'language_field'")
         if self.format != "apollo" and self.source_type is None:
             raise ValueError("'source_type' is required for this format")
@@ -78,6 +141,14 @@ class SourceSection(Section):
                 raise ValueError("'csv_delimiter' applies to csv and tsv sources only")
             if len(self.csv_delimiter) != 1:
                 raise ValueError("'csv_delimiter' must be one character")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_on_uncurated(self) -> SourceSection:
+        if self.medical_gate is not None and self.source_type not in ("web", "general"):
+            raise ValueError(
+                f"'medical_gate' applies to web and general sources; '{self.source_type}' sources are curated"
+            )
         return self
 
     @property
@@ -111,6 +182,24 @@ class CollectSection(Section):
     )
     reject_snippet_chars: int = Field(
         300, ge=0, description="how much of a rejected input is kept in rejected/ (`raw` column)"
+    )
+    max_record_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="a line, JSON item, CSV field or TMX unit larger than this many bytes is rejected as "
+        "too_large without being decoded (memory stays bounded whatever the input)",
+    )
+    max_decompressed_bytes: int = Field(
+        1 << 40,
+        ge=1,
+        description="a compressed file inflating past this many bytes stops there (decompression_limit); "
+        "the records before are kept",
+    )
+    max_compression_ratio: float = Field(
+        500.0,
+        ge=1,
+        description="a compressed file inflating more than this many times its compressed size (judged "
+        "after its first 8 MiB) stops there as a likely decompression bomb (decompression_limit)",
     )
     apollo_source_types: dict[str, SourceType] = Field(
         default_factory=lambda: dict(APOLLO_SOURCE_TYPES),
@@ -157,8 +246,22 @@ class LLMSection(Section):
     )
     budget_usd: float | None = Field(None, gt=0, description="stop sending requests once this is spent")
     cache_path: str | None = Field(
-        None, description="request cache (SQLite); OUT/llm_cache.sqlite when unset"
+        None,
+        description="request cache (SQLite); OUT/llm_cache.sqlite when unset. A relative path lies inside "
+        "OUT; an absolute one (a cache shared between runs) is the only file written outside OUT",
     )
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_inside_out(cls, value: str | None) -> str | None:
+        if value is None or Path(value).expanduser().is_absolute():
+            return value
+        if ".." in Path(value).parts:
+            raise ValueError(
+                f"'{value}' climbs out of OUT; a relative cache path lies inside OUT, "
+                "give an absolute path for a cache shared between runs"
+            )
+        return value
 
     @model_validator(mode="after")
     def _budget_needs_price(self) -> LLMSection:
@@ -226,6 +329,12 @@ class DedupSection(Section):
         "the signatures' estimate, or not at all (stock datatrove)",
     )
     verify_threshold: float = unit_interval(0.7, "minimum (exact or estimated) Jaccard of a confirmed pair")
+    reference: str | None = Field(
+        None,
+        description="directory of an earlier medbabel corpus's shards: new documents that duplicate one "
+        "of its documents (exactly, or near at verify_threshold by the signatures' estimate) are removed; "
+        "its per-language MinHash index is built once next to the shards and reused",
+    )
 
 
 class LangIdSection(Section):
@@ -312,6 +421,21 @@ def _check_source_type_keys(mapping: dict[str, float]) -> dict[str, float]:
     return mapping
 
 
+class MedicalGateBootstrap(Section):
+    """FineWeb-Edu-style labels for the medical gate: an LLM labels a sample of the gated sources'
+    documents, a fastText classifier learns them and scores the rest (docs/curation.md)."""
+
+    enabled: bool = Field(False, description="label a sample with the LLM endpoint (llm.*) and train on it")
+    sample_docs: int = Field(1_000, ge=10, description="documents of the gated sources the LLM labels")
+    holdout_fraction: float = unit_interval(
+        0.2, "part of the labels kept out of training, for precision/recall"
+    )
+    max_chars: int = Field(2_000, ge=100, description="characters of each document the LLM reads")
+    min_labels: int = Field(20, ge=2, description="fewer usable labels of either class: no classifier")
+    epochs: int = Field(25, ge=1)
+    prompt_version: str = Field("v1", description="the rubric's version (part of the cache key)")
+
+
 class QualitySection(Section):
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
@@ -354,6 +478,7 @@ class QualitySection(Section):
         10, ge=1, description="fewer documents of either class in a fold: the classifier is skipped"
     )
     medical_epochs: int = Field(5, ge=1)
+    medical_gate_bootstrap: MedicalGateBootstrap = Field(default_factory=lambda: MedicalGateBootstrap())
     pii: bool = Field(True, description="replace personal data with typed placeholders (<EMAIL>, <PHONE>...)")
 
     @model_validator(mode="after")

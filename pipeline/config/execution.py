@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.config.base import Section, unit_interval
+
+MAX_TASKS = 10_000  # more tasks than this is a typo (10^26) or a run of mostly empty tasks
+MAX_WORKERS = 4_096
 
 
 class RunSection(Section):
@@ -47,7 +50,18 @@ class RaySection(Section):
 
 class ExecutorSection(Section):
     kind: Literal["local", "ray", "slurm"] = "local"
-    tasks: int = Field(2, ge=1, description="how many tasks (input shards) each stage is split into")
-    workers: int = Field(-1, description="tasks running at once (-1: all); on Slurm the array's %limit")
+    tasks: int = Field(
+        2, ge=1, le=MAX_TASKS, description="how many tasks (input shards) each stage is split into"
+    )
+    workers: int = Field(
+        -1, ge=-1, le=MAX_WORKERS, description="tasks running at once (-1: all); on Slurm the array's %limit"
+    )
     slurm: SlurmSection = SlurmSection()
     ray: RaySection = RaySection()
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 workers would run nothing; -1 runs every task at once")
+        return value

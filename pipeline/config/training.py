@@ -60,6 +60,12 @@ class TrainSection(Section):
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_format: Literal["auto", "full", "sharded"] = Field(
+        "auto",
+        description="sharded: each rank writes its shard (torch.distributed.checkpoint), resumable at "
+        "another world size; full: one unsharded file set written by rank 0; auto: sharded with several "
+        "processes, full with one",
+    )
     export_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     # speed
     device: str = Field("auto", description="auto (cuda when available), cuda, cpu")
@@ -75,6 +81,17 @@ class TrainSection(Section):
     compile: bool = False
     activation_checkpointing: bool = False
     loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the fused cross-entropy")
+    loss_kernel: Literal["medbabel", "liger", "cce"] = Field(
+        "medbabel",
+        description="fused linear cross-entropy: medbabel's own, Liger-Kernel's or cut cross-entropy's "
+        "(the last two need the [kernels] extra; bench/loss_kernels_gpu.py compares them)",
+    )
+    reshard_after_forward: bool = Field(
+        True, description="FSDP2: free each layer's gathered weights after its forward (less memory)"
+    )
+    cpu_offload: bool = Field(
+        False, description="FSDP2: keep the float32 weight shards, gradients and AdamW state in CPU memory"
+    )
 
 
 class EvalSection(Section):

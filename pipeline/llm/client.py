@@ -116,10 +116,12 @@ def parse_reply(body: bytes) -> _Attempt:
         content = message.get("content")
         finish = choice.get("finish_reason")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        return _Attempt(kind="malformed", detail=f"unreadable reply ({type(exc).__name__}): {body[:120]!r}")
+        return _Attempt(
+            kind="malformed", detail=redact(f"unreadable reply ({type(exc).__name__}): {body[:120]!r}")
+        )
     if content is not None and not isinstance(content, str):
         return _Attempt(kind="malformed", detail=f"message content is {type(content).__name__}, not text")
-    text = _THINK.sub("", content or "").strip()
+    text = redact(_THINK.sub("", content or "").strip())  # an endpoint may echo the key back
     usage = data.get("usage") if isinstance(data, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     completion = Completion(

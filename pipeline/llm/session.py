@@ -41,8 +41,9 @@ class CheckFailed(Exception):
         self.output = output
 
 
-def cache_path(llm: LLMSection, out: Path, resolve: Callable[[str], Path]) -> Path:
-    return resolve(llm.cache_path) if llm.cache_path else Path(out) / "llm_cache.sqlite"
+def cache_path(llm: LLMSection, out: Path) -> Path:
+    """OUT/llm_cache.sqlite, or `llm.cache_path`: relative to OUT, or absolute (shared between runs)."""
+    return Path(out) / Path(llm.cache_path or "llm_cache.sqlite").expanduser()
 
 
 class LLMSession:

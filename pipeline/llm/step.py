@@ -91,9 +91,10 @@ class LLMStep(PipelineStep):
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        session = LLMSession(
-            self.cfg.llm, cache_path(self.cfg.llm, self.out, self.cfg.resolve), self.stage_key
-        )
+        cache_file = cache_path(self.cfg.llm, self.out)
+        if rank == 0 and not cache_file.resolve().is_relative_to(Path(self.out).resolve()):
+            print(f"[{self.stage}] LLM cache outside OUT (llm.cache_path): {cache_file}", file=sys.stderr)
+        session = LLMSession(self.cfg.llm, cache_file, self.stage_key)
         self.session = session
         if session.client is not None and session.client.key_missing:
             print(

@@ -17,13 +17,21 @@ from __future__ import annotations
 from pipeline.readers.apollo import ApolloSourceReader
 from pipeline.readers.base import SourceReader
 from pipeline.readers.csv import CsvSourceReader
+from pipeline.readers.docx import DocxSourceReader
+from pipeline.readers.epub import EpubSourceReader
 from pipeline.readers.files import open_binary, source_root
+from pipeline.readers.html import HtmlSourceReader
 from pipeline.readers.huggingface import HFSourceReader, open_hf_dataset
+from pipeline.readers.jats import JatsSourceReader
 from pipeline.readers.jsonl import JsonlSourceReader
+from pipeline.readers.mediawiki import MediaWikiSourceReader
+from pipeline.readers.medline import MedlineSourceReader
 from pipeline.readers.parquet import ParquetSourceReader
+from pipeline.readers.pdf import PdfSourceReader
 from pipeline.readers.records import RecordBuilder, optional_fields, required_fields
 from pipeline.readers.rejects import REJECT_REASONS, Reject, RejectSink
 from pipeline.readers.tmx import TmxSourceReader
+from pipeline.readers.warc import WarcSourceReader
 
 READERS: dict[str, type[SourceReader]] = {
     "jsonl": JsonlSourceReader,
@@ -32,6 +40,14 @@ READERS: dict[str, type[SourceReader]] = {
     "parquet": ParquetSourceReader,
     "tmx": TmxSourceReader,
     "apollo": ApolloSourceReader,
+    "warc": WarcSourceReader,
+    "html": HtmlSourceReader,
+    "pdf": PdfSourceReader,
+    "jats": JatsSourceReader,
+    "medline": MedlineSourceReader,
+    "mediawiki": MediaWikiSourceReader,
+    "docx": DocxSourceReader,
+    "epub": EpubSourceReader,
 }
 
 __all__ = [

@@ -12,7 +12,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
 
 from pipeline.config import CollectSection, SourceSection
-from pipeline.readers.files import stream_errors
+from pipeline.readers.files import DecompressionLimitError, stream_errors
 from pipeline.readers.records import RecordBuilder
 from pipeline.readers.rejects import Reject, RejectSink
 from pipeline.registry import Registry
@@ -97,6 +97,13 @@ class SourceReader(RejectingReader, BaseDiskReader):
                 doc = self._emit(result, filepath, line, raw)
                 if doc is not None:
                     yield doc
+        except DecompressionLimitError as exc:
+            after = f" after line {self._line}" if self._line else ""
+            self._emit(
+                Reject("decompression_limit", f"stopped reading{after}: the file {exc}"),
+                filepath,
+                (self._line or 0) + 1,
+            )
         except EOFError as exc:
             after = f" after line {self._line}" if self._line else ""
             self._emit(

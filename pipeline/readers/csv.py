@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from pipeline.readers.base import SourceReader
-from pipeline.readers.files import open_binary
+from pipeline.readers.files import bounded_lines, open_binary
 from pipeline.readers.rejects import Reject, has_surrogates
 
 
@@ -18,9 +18,11 @@ class CsvSourceReader(SourceReader):
 
     def iter_results(self, path, file_key):
         delimiter = self.source.csv_delimiter or ("\t" if self.source.format == "tsv" else ",")
-        csv.field_size_limit(2**31 - 1)  # size is judged by max_doc_chars, not the csv module
-        with open_binary(path) as fh:
-            lines = _decoded_lines(fh)
+        cap = self.collect.max_record_bytes
+        csv.field_size_limit(cap)  # a longer field (a quoted one can span lines) is a malformed_csv row
+        with open_binary(path, self.collect) as fh:
+            oversized: list[int] = []
+            lines = _decoded_lines(fh, cap, oversized)
             reader = csv.reader(lines, delimiter=delimiter)
             header: list[str] | None = None
             start = 1
@@ -36,6 +38,13 @@ class CsvSourceReader(SourceReader):
                     continue
                 line, start = start, reader.line_num + 1
                 self._line = reader.line_num
+                if oversized:  # the row held a line too long to read: it goes as a whole
+                    detail = (
+                        f"line {oversized[0]} is longer than {cap} bytes (collect.max_record_bytes); not read"
+                    )
+                    yield Reject("too_large", detail), line, None
+                    oversized.clear()
+                    continue
                 if header is None:
                     header = [h.strip() for h in row]
                     continue
@@ -54,8 +63,14 @@ class CsvSourceReader(SourceReader):
                     yield self.builder.build(dict(zip(header, row, strict=True)), file_key, line), line, raw
 
 
-def _decoded_lines(fh: BinaryIO) -> Iterator[str]:
-    """Lines as text; invalid bytes become lone surrogates so the row holding them can be rejected."""
-    for i, raw in enumerate(fh):
+def _decoded_lines(fh: BinaryIO, max_line_bytes: int, oversized: list[int]) -> Iterator[str]:
+    """Lines as text; invalid bytes become lone surrogates so the row holding them can be rejected. A
+    line over `max_line_bytes` is skipped unread: its number goes to `oversized`, an empty line
+    stands in its place."""
+    for i, raw in enumerate(bounded_lines(fh, max_line_bytes)):
+        if raw is None:
+            oversized.append(i + 1)
+            yield "\n"
+            continue
         text = raw.decode("utf-8", errors="surrogateescape")
         yield text.removeprefix("\ufeff") if i == 0 else text

@@ -1,18 +1,29 @@
-"""Opening source files: transparent .gz/.zst decompression that notices truncation, and the
-source root that ids and `file` columns are relative to."""
+"""Opening source files: transparent .gz/.zst decompression that notices truncation and stays in
+bounded memory whatever the input (a decompression bomb stops the file with a reason), bounded line
+reading, and the source root that ids and `file` columns are relative to."""
 
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import io
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.config import Config, SourceSection
+from pipeline.config import CollectSection, Config, SourceSection
 
 READ_CHUNK = 1 << 16
+# Compressed bytes handed to zstd per call: a zstd frame can inflate ~32,000-fold (RLE blocks), so
+# this bounds what one call can produce to ~32 MB; gzip's reader bounds its output by itself.
+ZSTD_FEED = 1 << 10
+RATIO_CHECK_AFTER = 8 << 20  # the ratio is judged once this much came out (small files vary)
+
+
+class DecompressionLimitError(Exception):
+    """A compressed file inflates past `collect.max_decompressed_bytes` or `max_compression_ratio`."""
 
 
 class _ZstdStream(io.RawIOBase):
@@ -51,7 +62,7 @@ class _ZstdStream(io.RawIOBase):
                 if self._in_frame:
                     raise EOFError("zstd stream ended before the end of its frame")
                 return 0
-            chunk = self._fh.read(READ_CHUNK)
+            chunk = self._fh.read(ZSTD_FEED)
             if chunk:
                 self._feed(chunk)
             else:
@@ -66,14 +77,74 @@ class _ZstdStream(io.RawIOBase):
         super().close()
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """A file's decompressed bytes (.gz and .zst by suffix); truncation raises EOFError while reading."""
+class _Limited(io.RawIOBase):
+    """Counts what a decompressor hands out; raises DecompressionLimitError past the per-file limits."""
+
+    def __init__(self, inner: BinaryIO, compressed: BinaryIO, collect: CollectSection):
+        self._inner = inner
+        self._compressed = compressed
+        self._max_bytes = collect.max_decompressed_bytes
+        self._max_ratio = collect.max_compression_ratio
+        self.produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.produced += n
+        if self.produced > self._max_bytes:
+            raise DecompressionLimitError(
+                f"inflates past {self._max_bytes} bytes (collect.max_decompressed_bytes)"
+            )
+        if self.produced > RATIO_CHECK_AFTER:
+            consumed = max(self._compressed.tell(), 1)
+            if self.produced > self._max_ratio * consumed:
+                raise DecompressionLimitError(
+                    f"inflates {self.produced / consumed:.0f}-fold ({consumed} compressed bytes gave "
+                    f"{self.produced}), more than collect.max_compression_ratio {self._max_ratio:g}: "
+                    f"a decompression bomb?"
+                )
+        return n
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def open_binary(path: Path, collect: CollectSection | None = None) -> BinaryIO:
+    """A file's decompressed bytes (.gz, .bz2 and .zst by suffix); truncation raises EOFError while reading,
+    and inflating past `collect`'s per-file limits raises DecompressionLimitError."""
     fh = open(path, "rb")  # noqa: SIM115 - handed to the wrapper, closed with it
-    if path.name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=fh, mode="rb")
-    if path.name.endswith(".zst"):
-        return io.BufferedReader(_ZstdStream(fh), buffer_size=READ_CHUNK)
-    return fh
+    if path.name.endswith(".bz2"):
+        stream: BinaryIO = bz2.BZ2File(fh, mode="rb")
+    elif path.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=fh, mode="rb")
+    elif path.name.endswith(".zst"):
+        stream = io.BufferedReader(_ZstdStream(fh), buffer_size=READ_CHUNK)
+    else:
+        return fh
+    limited = _Limited(stream, fh, collect or CollectSection())
+    return io.BufferedReader(limited, buffer_size=READ_CHUNK)
+
+
+def bounded_lines(fh: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a binary stream, each read with at most `max_bytes + 1` bytes in memory; a longer
+    line is skipped to its end and yields None in its place (line numbers stay right)."""
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes:
+            yield line
+            continue
+        while not line.endswith(b"\n"):  # skip the rest of the oversized line, a bounded piece at a time
+            line = fh.readline(READ_CHUNK)
+            if not line:
+                break
+        yield None
 
 
 def stream_errors() -> tuple[type[BaseException], ...]:

@@ -12,14 +12,21 @@ from typing import BinaryIO
 import orjson
 
 from pipeline.readers.base import SourceReader
-from pipeline.readers.files import READ_CHUNK, open_binary
+from pipeline.readers.files import READ_CHUNK, bounded_lines, open_binary
 from pipeline.readers.rejects import Reject, has_surrogates
 
 
-def iter_json_lines(reader: SourceReader, fh: BinaryIO) -> Iterator[tuple[object, int, bytes, int]]:
-    """(parsed value or Reject, line number, raw bytes, line number as the item's index) per non-blank line."""
-    for lineno, raw in enumerate(fh, 1):
+def iter_json_lines(
+    reader: SourceReader, fh: BinaryIO, max_line_bytes: int
+) -> Iterator[tuple[object, int, bytes, int]]:
+    """(parsed value or Reject, line number, raw bytes, line number as the item's index) per non-blank
+    line; a line over `max_line_bytes` is rejected unread (too_large)."""
+    for lineno, raw in enumerate(bounded_lines(fh, max_line_bytes), 1):
         reader._line = lineno
+        if raw is None:
+            detail = f"line longer than {max_line_bytes} bytes (collect.max_record_bytes); not read"
+            yield Reject("too_large", detail), lineno, b"", lineno
+            continue
         if not raw.strip():
             continue
         try:
@@ -105,13 +112,16 @@ class JsonItems:
     """
 
     def json_objects(self, path: Path) -> Iterator[tuple[dict | Reject, int, object, int]]:
-        with open_binary(path) as fh:
+        cap = self.collect.max_record_bytes
+        with open_binary(path, self.collect) as fh:
             buffered = fh if hasattr(fh, "peek") else io.BufferedReader(fh)
             head = buffered.peek(READ_CHUNK)[:READ_CHUNK].lstrip(b"\xef\xbb\xbf \t\r\n")
             if head.startswith(b"["):
-                values = iter_json_array(self, buffered, self.collect.max_doc_chars * 4 + READ_CHUNK)
+                values = iter_json_array(
+                    self, buffered, min(self.collect.max_doc_chars * 4 + READ_CHUNK, cap)
+                )
             else:
-                values = iter_json_lines(self, buffered)
+                values = iter_json_lines(self, buffered, cap)
             for value, line, raw, index in values:
                 if isinstance(value, Reject):
                     yield value, line, raw, index

@@ -18,13 +18,19 @@ REJECT_REASONS = {
     "empty_text": "the text is empty or only whitespace",
     "too_short": "the text is shorter than collect.min_doc_chars",
     "too_long": "the text is longer than collect.max_doc_chars",
+    "too_large": "a line, item, field or unit over collect.max_record_bytes, set aside without decoding",
+    "decompression_limit": "a compressed file inflating past collect.max_decompressed_bytes or "
+    "max_compression_ratio; records before the stop are kept",
     "unknown_language": "a language code the registry cannot map",
     "bad_field": "a field of the wrong type or shape (options, answer, roles, apollo source key)",
     "truncated_file": "a compressed file that ends mid-stream; records before the break are kept",
     "unreadable_file": "a file that cannot be decoded as its format (corrupt, not Parquet, ...)",
     "ragged_row": "a CSV/TSV row with more or fewer fields than the header",
     "malformed_csv": "a CSV/TSV row the csv parser refuses",
-    "malformed_xml": "a TMX file whose XML breaks; units before the break are kept",
+    "malformed_xml": "an XML file (TMX, JATS, MEDLINE, MediaWiki) whose XML breaks; items before the break are kept",
+    "unsupported_content": "a WARC response that is not an HTML page (an image, a PDF...)",
+    "no_text_layer": "a PDF page without a text layer (a scan; no OCR is run); the other pages are kept",
+    "encrypted_pdf": "an encrypted PDF that the empty password does not open",
 }
 
 

@@ -19,16 +19,20 @@ class _TmxParser:
     """Streaming TMX parse with expat: collects (line, unit attributes, [(lang, segment text)]) per <tu>.
 
     Inline markup inside <seg> keeps its text (<hi>, <sub>) and drops formatting codes (<bpt>, <ph>...).
+    A unit whose segments hold more than `max_unit_chars` stops collecting text (memory stays bounded)
+    and is handed on with None for its segments.
     """
 
-    def __init__(self):
+    def __init__(self, max_unit_chars: int):
+        self.max_unit_chars = max_unit_chars
+        self._unit_chars = 0
         self.parser = expat.ParserCreate(namespace_separator=" ")
         self.parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         self.parser.StartElementHandler = self._start
         self.parser.EndElementHandler = self._end
         self.parser.CharacterDataHandler = self._chars
         self.header_srclang: str | None = None
-        self.units: list[tuple[int, dict, list[tuple[str | None, str]]]] = []
+        self.units: list[tuple[int, dict, list[tuple[str | None, str]] | None]] = []
         self._unit: tuple[int, dict, list] | None = None
         self._lang: str | None = None
         self._seg: list[str] | None = None
@@ -43,6 +47,7 @@ class _TmxParser:
             self.header_srclang = attrs.get("srclang")
         elif tag == "tu":
             self._unit = (self.parser.CurrentLineNumber, attrs, [])
+            self._unit_chars = 0
         elif tag == "tuv" and self._unit is not None:
             self._lang = attrs.get(_XML_LANG) or attrs.get("lang")
         elif tag == "seg" and self._unit is not None:
@@ -53,7 +58,8 @@ class _TmxParser:
     def _end(self, name: str) -> None:
         tag = name.rsplit(" ", 1)[-1]
         if tag == "tu" and self._unit is not None:
-            self.units.append(self._unit)
+            line, attrs, segments = self._unit
+            self.units.append((line, attrs, None if self._unit_chars > self.max_unit_chars else segments))
             self._unit = None
         elif tag == "seg" and self._seg is not None and self._unit is not None:
             self._unit[2].append((self._lang, "".join(self._seg)))
@@ -63,7 +69,11 @@ class _TmxParser:
 
     def _chars(self, data: str) -> None:
         if self._seg is not None and self._code_depth == 0:
-            self._seg.append(data)
+            self._unit_chars += len(data)
+            if self._unit_chars <= self.max_unit_chars:
+                self._seg.append(data)
+            else:
+                self._seg.clear()
 
 
 class TmxSourceReader(SourceReader):
@@ -77,9 +87,9 @@ class TmxSourceReader(SourceReader):
     name = "📖 tmx source"
 
     def iter_results(self, path, file_key):
-        parser = _TmxParser()
+        parser = _TmxParser(self.collect.max_record_bytes)
         index = 0
-        with open_binary(path) as fh:
+        with open_binary(path, self.collect) as fh:
             while True:
                 chunk = fh.read(READ_CHUNK)
                 try:
@@ -95,13 +105,19 @@ class TmxSourceReader(SourceReader):
                 yield from self._units(parser, file_key, index)
                 index += len(parser.units)
                 parser.units.clear()
-                self._line = parser.parser.CurrentLineNumber
+                self._line = parser.parser.CurrentLineNumber - 1  # the lines before are complete
                 if not chunk:
                     return
 
     def _units(self, parser: _TmxParser, file_key: str, first_index: int):
         for offset, (line, attrs, segments) in enumerate(parser.units):
             index = first_index + offset + 1
+            if segments is None:
+                detail = (
+                    f"translation unit over {parser.max_unit_chars} characters (collect.max_record_bytes)"
+                )
+                yield Reject("too_large", f"{detail}; not read"), line, None
+                continue
             srclang = attrs.get("srclang") or parser.header_srclang
             yield from self._unit_records(file_key, index, line, srclang, segments, attrs.get("tuid"))
 

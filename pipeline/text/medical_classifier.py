@@ -19,6 +19,8 @@ from pathlib import Path
 
 import xxhash
 
+from pipeline import atomic
+
 MEDICAL = "medical"
 GENERAL = "general"
 LABEL_PREFIX = "__label__"
@@ -73,10 +75,9 @@ def train(sample_files: list[Path], model_dir: Path, settings: TrainingSettings)
         lines = _write_training_file(
             train_file, pools[(fold, MEDICAL)], pools[(fold, GENERAL)], settings.seed
         )
-        tmp = model_dir / f".fold{fold}.bin.tmp"
-        _train_isolated(train_file, tmp, settings, epochs_for(lines, settings.epochs))
+        with atomic.atomic_path(model_path(model_dir, fold)) as tmp:
+            _train_isolated(train_file, tmp, settings, epochs_for(lines, settings.epochs))
         train_file.unlink()
-        os.replace(tmp, model_path(model_dir, fold))
     info["status"] = "trained"
     write_info(model_dir, info)
     return info
@@ -111,7 +112,14 @@ _TRAIN_SCRIPT = """
 import json, sys
 import fasttext
 job = json.loads(sys.argv[1])
-fasttext.train_supervised(input=job["input"], **job["params"]).save_model(job["output"])
+import numpy as np
+model = fasttext.train_supervised(input=job["input"], **job["params"])
+model.save_model(job["output"])
+# fastText reports neither a failed write (a full disk) nor a short read: read the model back
+saved = fasttext.load_model(job["output"])
+for name in ("get_input_matrix", "get_output_matrix"):
+    if not np.array_equal(getattr(model, name)(), getattr(saved, name)()):
+        sys.exit(f"{job['output']}: the saved model does not read back as trained (disk full?)")
 """
 
 
@@ -135,6 +143,13 @@ def _train_isolated(train_file: Path, output: Path, settings: TrainingSettings, 
     )
     if result.returncode != 0:
         raise RuntimeError(f"fastText training on {train_file} failed:\n{result.stderr[-2000:]}")
+
+
+def train_model(train_file: Path, output: Path, seed: int, epochs: int) -> None:
+    """A fastText model from a labelled training file, trained deterministically (as the fold models)."""
+    with open(train_file, encoding="utf-8") as fh:
+        lines = sum(1 for _ in fh)
+    _train_isolated(train_file, output, TrainingSettings(0, 0, epochs, seed), epochs_for(lines, epochs))
 
 
 def _write_training_file(path: Path, medical: list, general: list, seed: int) -> int:
@@ -166,13 +181,7 @@ def read_info(model_dir: Path) -> dict:
 
 def write_info(model_dir: Path, info: dict) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(model_dir / "info.json", info)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(model_dir / "info.json", info, indent=2)
 
 
 class MedicalScorer:

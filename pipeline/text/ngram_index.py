@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from pipeline import atomic
 from pipeline.config import ConfigError
 from pipeline.text.minhash import token_hashes
 from pipeline.text.segment import segment
@@ -248,10 +249,9 @@ class NgramIndex:
         return found
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp.npz")
         meta = {"lengths": self.lengths, "texts": [t.__dict__ for t in self.texts]}
-        np.savez(tmp, keys=self.keys, refs=self.refs, meta=np.array(json.dumps(meta)))
-        tmp.replace(path)
+        with atomic.atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, keys=self.keys, refs=self.refs, meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path) -> NgramIndex:

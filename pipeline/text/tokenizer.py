@@ -8,9 +8,9 @@ Two views of the same tokenizer:
   special tokens, decoding);
 - `qwen2_token_counter`: token *counts* only, for the curation stages. It runs the same vocabulary,
   pre-tokenizer regex and NFC normalisation through `tiktoken` (merge priority by token id, checked
-  against the merge list when it loads), which counts about 4x faster
-  than `tokenizers` on one core and loads without importing `transformers` (bench/bench_curation.py
-  measures both; tests/test_tokenizer.py checks the counts are equal on every TICO-19 language).
+  against the merge list when it loads), which counts faster than `tokenizers` on one core and loads
+  without importing `transformers` (bench/bench_curation.py measures both, docs/curation.md gives the
+  figure; tests/test_tokenizer.py checks the counts are equal on every TICO-19 language).
 """
 
 from __future__ import annotations
@@ -131,5 +131,5 @@ class Qwen2TokenCounter:
 
 @lru_cache(maxsize=1)
 def qwen2_token_counter() -> Qwen2TokenCounter:
-    """The bundled Qwen2 tokenizer as a token counter (built once per process, ~0.4 s)."""
+    """The bundled Qwen2 tokenizer as a token counter (built once per process)."""
     return Qwen2TokenCounter(qwen2_tokenizer_dir() / "tokenizer.json")

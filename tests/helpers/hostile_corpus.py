@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 import zstandard
 
 BIG_LINE_BYTES = 50 * 1024 * 1024
@@ -46,6 +47,16 @@ class Stop:
     out_is_file: bool = False
     outcome: str = ""
     extra: dict = field(default_factory=dict)
+    yaml_text: str | None = None  # the config file verbatim, where a dict cannot say it (aliases, dup keys)
+
+
+def _alias_bomb(good_source: dict) -> str:
+    """Nine levels of ten aliases each: 10^9 strings once expanded, in a 1 KB file."""
+    lines = ["llm:", "  extra_body:", '    l0: &l0 ["lol"]']
+    for level in range(1, 10):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"    l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n" + yaml.safe_dump({"sources": [good_source]})
 
 
 def _source(name: str, path: Path, fmt: str = "jsonl", **kw) -> dict:
@@ -90,6 +101,62 @@ def _many_lines(n: int) -> bytes:
         json.dumps({"text": f"Line {i}: fever {rng.getrandbits(256):x} cough"}).encode() + b"\n"
         for i in range(n)
     )
+
+
+# ---- decompression bombs: gigabytes inflated from a few hundred KB, built in seconds ----------------
+# Concatenated gzip members and zstd frames decompress as one stream, so one compressed block of
+# zeros is written many times over instead of compressing gigabytes.
+
+BOMB_BLOCK = 16 << 20
+
+
+def _repeat_compressed(fh, compress, block: bytes, total: int) -> None:
+    member = compress(block)
+    for _ in range(max(1, total // len(block))):
+        fh.write(member)
+
+
+def gzip_one_line_bomb(path: Path, inflated: int) -> Path:
+    """`.jsonl.gz`: a good line, then one JSON line of `inflated` bytes."""
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(json.dumps({"text": "Fever and cough."}).encode() + b'\n{"text": "'))
+        _repeat_compressed(fh, lambda b: gzip.compress(b, 9), b"a" * BOMB_BLOCK, inflated)
+        fh.write(gzip.compress(b'"}\n'))
+    return path
+
+
+def zstd_one_line_bomb(path: Path, inflated: int) -> Path:
+    """`.jsonl.zst`: a good line, then one JSON line of `inflated` bytes."""
+    cctx = zstandard.ZstdCompressor(level=19)
+    with open(path, "wb") as fh:
+        fh.write(cctx.compress(json.dumps({"text": "Fever and cough."}).encode() + b'\n{"text": "'))
+        _repeat_compressed(fh, cctx.compress, b"0" * BOMB_BLOCK, inflated)
+        fh.write(cctx.compress(b'"}\n'))
+    return path
+
+
+def tmx_segment_bomb(path: Path, inflated: int) -> Path:
+    """`.tmx.gz`: one translation unit, then a unit whose English segment holds `inflated` bytes."""
+    head = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<tmx version="1.4"><header srclang="en"/><body>\n'
+        '<tu><tuv xml:lang="en"><seg>Fever.</seg></tuv><tuv xml:lang="fr"><seg>Fievre.</seg></tuv></tu>\n'
+        '<tu><tuv xml:lang="en"><seg>'
+    )
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(head.encode()))
+        _repeat_compressed(fh, lambda b: gzip.compress(b, 9), b"b" * BOMB_BLOCK, inflated)
+        fh.write(gzip.compress(b"</seg></tuv></tu>\n</body></tmx>\n"))
+    return path
+
+
+def zstd_many_records_bomb(path: Path, records: int) -> Path:
+    """`.jsonl.zst` of `records` valid, identical 1 KB records."""
+    line = json.dumps({"text": "Fever and cough. " * 60}).encode() + b"\n"
+    per_block = BOMB_BLOCK // len(line)
+    cctx = zstandard.ZstdCompressor(level=19)
+    with open(path, "wb") as fh:
+        _repeat_compressed(fh, cctx.compress, line * per_block, records * len(line))
+    return path
 
 
 def build_cases(root: Path) -> list[Case]:
@@ -147,9 +214,39 @@ def build_cases(root: Path) -> list[Case]:
     add(
         "single 50 MB line",
         _source("bigline", p),
-        [("too_long", 2)],
+        [("too_large", 2)],
         2,
-        outcome="rejected too_long, lines after it kept",
+        outcome="rejected too_large unread, lines after it kept",
+    )
+
+    p = _jsonl(root / "longdoc.jsonl", [good, {"text": "fever " * 400_000}, good])
+    add("2.4 M character document", _source("longdoc", p), [("too_long", 2)], 2, outcome="rejected too_long")
+
+    c = root / "bigfield.csv"
+    with open(c, "wb") as fh:
+        fh.write(b"text\nFever.\n" + b"y" * BIG_LINE_BYTES + b"\nCough.\n")
+    add("50 MB CSV row", _source("bigfield", c, "csv"), [("too_large", 3)], 2, outcome="rejected too_large")
+
+    for kind, name, path, expect in (
+        ("gzip bomb: one 1 GB line", "gzbomb", gzip_one_line_bomb(root / "bomb.jsonl.gz", 1 << 30), 2),
+        ("zstd bomb: one 8 GB line", "zstbomb", zstd_one_line_bomb(root / "bomb.jsonl.zst", 8 << 30), 2),
+        ("gzip TMX bomb: 2 GB segment", "tmxbomb", tmx_segment_bomb(root / "bomb.tmx.gz", 2 << 30), 4),
+    ):
+        fmt = "tmx" if ".tmx" in path.name else "jsonl"
+        add(
+            f"{kind} ({path.stat().st_size // 1024} KB)",
+            _source(name, path, fmt),
+            [("decompression_limit", expect)],
+            2 if fmt == "tmx" else 1,
+            outcome="file stopped (decompression_limit), records before it kept",
+        )
+    p = zstd_many_records_bomb(root / "many.jsonl.zst", 4_000_000)
+    add(
+        f"zstd of 4 M 1 KB records ({p.stat().st_size // 1024} KB)",
+        _source("manybomb", p),
+        [("decompression_limit", None)],
+        -1,
+        outcome="file stopped (decompression_limit) after the first records",
     )
 
     p = _jsonl(root / "nested.jsonl", [b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", good])
@@ -348,6 +445,40 @@ def build_stops(root: Path) -> list[Stop]:
             out_is_file=True,
             outcome="stop: OUT is a file",
             extra={"out": str(out_file)},
+        ),
+        Stop(
+            "YAML alias bomb in llm.extra_body",
+            {},
+            "anchors and aliases are not allowed",
+            outcome="stop: names the line, no expansion",
+            yaml_text=_alias_bomb(ok_source),
+        ),
+        Stop(
+            "duplicate top-level key",
+            {},
+            "duplicate key 'executor' (first given on line 1)",
+            outcome="stop: names the key and lines",
+            yaml_text="executor: {tasks: 2}\n"
+            + yaml.safe_dump({"sources": [ok_source]})
+            + "executor: {tasks: 3}\n",
+        ),
+        Stop(
+            "executor.tasks: 10^26",
+            {"sources": [ok_source], "executor": {"tasks": 10**26}},
+            "executor.tasks: Input should be less than or equal to 10000",
+            outcome="stop: bounded task count",
+        ),
+        Stop(
+            "executor.workers: 0",
+            {"sources": [ok_source], "executor": {"workers": 0}},
+            "executor.workers: Value error, 0 workers would run nothing",
+            outcome="stop: names the key",
+        ),
+        Stop(
+            "llm.cache_path climbing out of OUT",
+            {"sources": [ok_source], "llm": {"cache_path": "../x.sqlite"}},
+            "llm.cache_path: Value error, '../x.sqlite' climbs out of OUT",
+            outcome="stop: before anything is written",
         ),
         Stop(
             "unknown language code on a source",

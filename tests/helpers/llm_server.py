@@ -12,7 +12,8 @@ would, deterministically:
 
 Faults are injected at configurable rates: 429 with `Retry-After`, 500, a hang past the client's
 timeout, a truncated reply (`finish_reason: length`), a malformed body, an empty reply, a reply in
-another language, chatter around the translation, and an error body echoing the caller's API key.
+another language, chatter around the translation, and an error body or a completion echoing the
+caller's `Authorization` header (the API key).
 Whether a request gets a fault depends only on (seed, request body, how often that body was seen),
 so runs are reproducible whatever the concurrency.
 
@@ -44,12 +45,27 @@ FAULT_KINDS = (
     "wrong_language",
     "chatter",
     "echo_key",
+    "echo_key_in_reply",
 )
 
 _TARGET = re.compile(r"Target language: [^\n]*\((?P<code>[A-Za-z-]+)\)")
 _PASSAGE = re.compile(r"<passage>\n?(?P<text>.*?)\n?</passage>", re.S)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Medical-relevance labelling (pipeline/medical_gate.py): the rubric's first words identify the request;
+# the answer is "medical" when the document uses at least two of these words, as an annotator might.
+_RELEVANCE_RUBRIC = "You judge whether a document belongs in a corpus of medical text."
+_MEDICAL_WORDS = re.compile(
+    r"\b(patients?|disease|infection|symptoms?|treatment|clinical|diagnosis|hospital|vaccine|doctor|"
+    r"medicine|therapy|fever|blood|dose|nurse|antibiotics?|chronic|surgery|health|virus|covid-19|"
+    r"coronavirus|sars-cov-2|pandemic|epidemic|outbreak|respiratory|pneumonia|immune|cough|illness|"
+    r"medical|deaths|transmission|infected|masks?|pain)\b",
+    re.I,
+)
+
+
+def medical_label(text: str) -> str:
+    return "medical" if len(set(m.lower() for m in _MEDICAL_WORDS.findall(text))) >= 2 else "not medical"
 
 
 @dataclass
@@ -182,6 +198,8 @@ class FakeLLM:
             content = self._wrong_language(messages, content)
         elif fault == "chatter":
             content = f"Here is the translation:\n\n{content}"
+        elif fault == "echo_key_in_reply":
+            content = f"{content} (Authorization: {authorization})"
         if fault is None:
             with self._lock:
                 self.completed[body_key] += 1
@@ -213,6 +231,8 @@ class FakeLLM:
     def _answer(self, messages: list[dict]) -> str:
         system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
         user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        if _RELEVANCE_RUBRIC in system:
+            return medical_label(user)
         target = _TARGET.search(system)
         if target:
             return self.translate(user, target.group("code"))
