@@ -303,10 +303,14 @@ def verify(
         return Verdict(True, lid_language, lid_score)
     group = registry.confusable_with(declared)
     if language.lid_labels_for(model):
-        allowed, dropped = credible(text, predictions)
-        mass = sum(p.score for p in allowed if p.language in group) / max(1.0 - dropped, 1e-6)
-        if mass >= thresholds.for_language(declared):
+        mass = sum(p.score for p in predictions if p.language in group)
+        if mass >= thresholds.for_language(declared):  # most texts: no further work
             return Verdict(True, lid_language, lid_score)
+        allowed, dropped = credible(text, predictions)
+        if dropped:
+            mass /= max(1.0 - dropped, 1e-6)
+            if mass >= thresholds.for_language(declared):
+                return Verdict(True, lid_language, lid_score)
         fraction = script_fraction(text, language.scripts)
         if fraction >= thresholds.min_script_fraction:
             supported, none_common = common_word_support(text, declared, common_words, thresholds)
