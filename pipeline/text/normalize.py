@@ -14,12 +14,16 @@ from collections.abc import Iterable
 
 # \r\n, \r, NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR all become \n.
 _NEWLINES = re.compile("\r\n?|[\x85\u2028\u2029]")
-# Unicode control characters (category Cc) except \t and \n.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Unicode control characters (category Cc) except \t and \n, and the bidirectional embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069): they reorder what a reader sees without
+# changing what a model reads (the "Trojan Source" trick). The bidi marks (LRM, RLM, ALM) and the
+# zero-width joiner and non-joiner that Indic and Persian-script words need are kept.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFC, newlines as \\n, control characters (except \\t and \\n) removed; nothing else.
+    """Unicode NFC, newlines as \\n, control characters (except \\t and \\n) and bidi overrides removed;
+    nothing else.
 
     Whitespace, case, punctuation and markup are left alone: later stages judge them.
     """
