@@ -7,6 +7,7 @@
 # and each stage's completion marker OUT/<stage>/.done depends on that file and on the upstream marker.
 
 CONFIG ?= configs/demo.yaml
+GRID ?= configs/sweeps/demo.yaml
 OUT ?= out
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
@@ -19,7 +20,7 @@ FP = $(OUT)/.fingerprints
 STAGES := collect translate rewrite dedup langid families quality decontam shards train eval report
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all test test-fast bench lint clean FORCE $(STAGES)
+.PHONY: help setup all sweep test test-fast bench lint clean FORCE $(STAGES)
 
 help:
 	@printf '%s\n' \
@@ -39,6 +40,7 @@ help:
 	  '  train      upcycle a dense Qwen2 into family experts and train (Post-MoE)' \
 	  '  eval       medical QA accuracy, perplexity, routing analysis' \
 	  '  report     one HTML page for the whole run' \
+	  '  sweep      train a grid of routing x upcycled layers (GRID=$(GRID)): one table and a plot' \
 	  '  test       run the test suite (what CI runs)' \
 	  '  test-fast  the in-process unit tests only (tests not marked slow)' \
 	  '  bench      run the benchmarks under bench/ (writes bench/results/*.json)' \
@@ -89,6 +91,10 @@ all: report
 	  '  report    $(OUT)/report/index.html      (the whole run on one page)' \
 	  '  card      $(OUT)/shards/README.md       (dataset card; shards in $(OUT)/shards/data/)' \
 	  '  model     $(OUT)/train/export/          (stock Qwen2MoeForCausalLM: transformers, vLLM)'
+
+# The paper's experiments (moe_train/sweep.py): every cell of GRID trained on OUT/shards with one budget.
+sweep: $(OUT)/shards/.done | $(PY)
+	$(PY) -m moe_train.sweep --config $(CONFIG) --grid $(GRID) --out $(OUT)
 
 test: | $(PY)
 	$(PY) -m pytest -q

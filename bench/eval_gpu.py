@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from provenance import git_commit  # noqa: E402
 
 from moe_train.device import resolve_device  # noqa: E402
+from moe_train.eval.apollomoe import ApolloMoEProtocol  # noqa: E402
 from moe_train.eval.inference import resolve_dtype  # noqa: E402
-from moe_train.eval.mcq import load_benchmark  # noqa: E402
 from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik  # noqa: E402
 from moe_train.upcycle import (  # noqa: E402
     PRESETS,
@@ -32,6 +32,7 @@ from moe_train.upcycle import (  # noqa: E402
     moe_config_from_dense,
     no_shared_expert_warning,
 )
+from pipeline.benchmarks import read_benchmark  # noqa: E402
 from pipeline.registry import load_registry  # noqa: E402
 from pipeline.text.tokenizer import load_tokenizer  # noqa: E402
 
@@ -70,10 +71,12 @@ def main() -> None:
 
     registry = load_registry()
     tokenizer = load_tokenizer()
-    items, rejects = load_benchmark(Path(args.bench), "xmedbench", registry)
+    read = read_benchmark("xmedbench", Path(args.bench), "xmedbench", registry)
+    items, rejects = read.items, read.rejected
+    protocol = ApolloMoEProtocol()
     selected = items[:questions] if questions else items
-    prompts = build_prompts(selected, items, tokenizer, CHAT_TEMPLATE, 3, 0, 3072)
-    prompt_tokens = sum(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts)
+    prompts = build_prompts(selected, items, protocol, tokenizer, CHAT_TEMPLATE, 3, 0, 3072)
+    prompt_tokens = sum(len(p.ids) for p in prompts)
     model = post_moe(shape, len(tokenizer), device, dtype)
 
     rows = []
@@ -85,9 +88,11 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             if mode == "loglik":
-                predictions = score_loglik(model, tokenizer, prompts, batch_size)
+                predictions = score_loglik(model, tokenizer, prompts, protocol, batch_size)
             else:
-                predictions = score_generate(model, tokenizer, prompts, batch_size, args.max_new_tokens)
+                predictions = score_generate(
+                    model, tokenizer, prompts, protocol, batch_size, args.max_new_tokens
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start

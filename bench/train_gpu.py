@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 from provenance import git_commit  # noqa: E402
 
 from moe_train.causal_lm import prepare_model  # noqa: E402
-from moe_train.data import PackedSequence, collate  # noqa: E402
 from moe_train.distributed import setup_runtime  # noqa: E402
 from moe_train.flops import attention_pairs, peak_flops, training_flops  # noqa: E402
 from moe_train.loss import IGNORE_INDEX  # noqa: E402
+from moe_train.packing import PackedSequence, collate  # noqa: E402
 from moe_train.routing import NO_EXPERT  # noqa: E402
 from moe_train.train import lr_factor, make_optimizer, train_step  # noqa: E402
 from moe_train.upcycle import dense_config, upcycle  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 import queue
 import threading
 
-from moe_train.data import Batch, SequencePacker, collate
 from moe_train.distributed import Runtime
 from moe_train.flops import attention_pairs
+from moe_train.packing import Batch, SequencePacker, collate
 from pipeline.config import TrainSection
 
 

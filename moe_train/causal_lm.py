@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 
 from moe_train import attention as attention_impl
-from moe_train.data import Batch
 from moe_train.distributed import Runtime, shard_model
 from moe_train.experts import AUTOCAST_GROUPED_MM
 from moe_train.loss import per_token_cross_entropy, summed_cross_entropy
+from moe_train.packing import Batch
 from moe_train.precision import MasterWeights
-from moe_train.routing import RoutingState, install_hybrid_routing
+from moe_train.routing import FORCING, RoutingState, install_hybrid_routing
 from moe_train.upcycle import drop_empty_shared_experts, moe_layer_indices
 from pipeline.config import TrainSection
 
@@ -101,7 +101,7 @@ def prepare_model(lm: torch.nn.Module, cfg: TrainSection, runtime: Runtime) -> C
     if hasattr(lm.config, "num_experts"):
         experts = cfg.experts_implementation
         lm.set_experts_implementation(AUTOCAST_GROUPED_MM if experts == "grouped_mm" else experts)
-    routing = install_hybrid_routing(lm) if hasattr(lm.config, "num_experts") else None
+    routing = install_hybrid_routing(lm, FORCING[cfg.routing]) if hasattr(lm.config, "num_experts") else None
     if hasattr(lm.config, "shared_expert_intermediate_size"):
         drop_empty_shared_experts(lm)
     lm.config.use_cache = False

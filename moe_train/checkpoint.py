@@ -244,7 +244,7 @@ def null_shared_expert(config, state: dict[str, torch.Tensor]) -> dict[str, torc
     when present), and zero-size tensors break other readers. A shared expert whose weights are all zero
     outputs exactly 0 (`sigmoid(gate(x)) * down(0)`), so the model computes the same function and every
     engine loads every tensor it declares. Sets `config.shared_expert_intermediate_size` accordingly."""
-    if config.shared_expert_intermediate_size:
+    if getattr(config, "shared_expert_intermediate_size", None) != 0:  # has one, or a dense Qwen2
         return state
     width, hidden = NULL_SHARED_EXPERT_WIDTH, config.hidden_size
     config.shared_expert_intermediate_size = width
@@ -278,21 +278,24 @@ def export_model(
     eos_token_ids: list[int],
     pad_token_id: int,
 ) -> Path:
-    """Write a stock Qwen2-MoE checkpoint (safetensors, config, tokenizer, generation config) atomically:
-    no zero-size tensor, and the config keys older readers need (see null_shared_expert, legacy_config_keys)."""
+    """Write a stock Qwen2-MoE (or, for the dense baseline, Qwen2) checkpoint (safetensors, config,
+    tokenizer, generation config) atomically: no zero-size tensor, and the config keys older readers need
+    (see null_shared_expert, legacy_config_keys)."""
     from transformers import GenerationConfig
 
-    from moe_train.upcycle import complete_state_dict, new_moe_model
+    from moe_train.upcycle import complete_state_dict, new_model
 
     config = config.__class__.from_dict(config.to_dict())
     config.eos_token_id = eos_token_ids[0]
     config.pad_token_id = pad_token_id
     state = null_shared_expert(config, complete_state_dict(config, model_state))
-    model = new_moe_model(config, device="meta")
+    model = new_model(config, device="meta")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"export: state dict does not fit Qwen2MoeForCausalLM: {missing=} {unexpected=}")
+        raise RuntimeError(
+            f"export: state dict does not fit {type(model).__name__}: {missing=} {unexpected=}"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)

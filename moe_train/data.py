@@ -1,93 +1,29 @@
-"""Training data: shards -> documents -> packed fixed-length sequences, streamed and resumable.
+"""Training data records: documents (chat template and loss masks) and the the language index of a run.
 
-1. Selection. `manifest.json` (pipeline.manifest) lists the shard files; files are selected by split,
-   language and family, rows by source type.
-2. Order. One epoch is a sequence of *rounds*. Rows are grouped by priority (`source_priorities`,
-   keyed by source name or source type; default 0) and lower priorities come first, so high-priority data
-   (say exam QA) is seen at the end of each epoch, as in the paper's priority sampling. A source with
-   `source_repeats: r` is seen r times per epoch: in repeat round j a row is used if j < floor(r), or, for
-   j = floor(r), if a seeded hash of its id falls under the fraction of r. Within a round the open shard
-   files are interleaved by seeded draws weighted by their remaining rows, so languages mix evenly.
-   Every draw is a hash of (seed, epoch, round, draw number): the order is deterministic and the stream's
-   whole position is a few integers, so training resumes mid-epoch exactly.
-3. Documents. `messages` rows are rendered with the chat template (default the paper's
-   `User:{q}\\nAssistant:{a}<|endoftext|>`): everything from `{a}` on is trained, the prompt is not.
-   Plain-text rows are trained on every token and end with `<|endoftext|>`. Text inside records is
-   tokenised with special tokens split, so a record cannot inject control tokens.
-4. Packing. Documents are concatenated into rows of exactly `seq_len` tokens; a document that does not
-   fit is split and continues in the next row. Position ids restart at 0 at each document (and each row),
-   and attention never crosses documents (see moe_train.attention). Each token carries its document's
-   family expert id (for hybrid routing) and language index (for per-language validation loss).
+How rows are selected and ordered is moe_train/sampling.py; how documents become fixed-length rows,
+moe_train/packing.py.
 
-Memory is independent of corpus size: one small record batch per open shard file.
+Documents. `messages` rows are rendered with the chat template (default the paper's
+`User:{q}\\nAssistant:{a}<|endoftext|>`): everything from `{a}` on is trained, the prompt is not.
+Plain-text rows are trained on every token and end with `<|endoftext|>`. Text inside records is
+tokenised with special tokens split, so a record cannot inject control tokens.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
-import struct
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import pyarrow.parquet as pq
-import torch
 
 from moe_train.loss import IGNORE_INDEX
 from moe_train.routing import NO_EXPERT
-from pipeline.manifest import ShardFile, load_manifest, shard_path, verify_shard
+from pipeline.manifest import load_manifest
 
 EOS_TOKEN = "<|endoftext|>"
-READ_BATCH_ROWS = 256
-_COLUMNS = ("id", "text", "messages", "language", "source", "source_type", "expert_id")
 
 
 class DataError(ValueError):
     """The data selection or a record cannot be used for training; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class DataSelection:
-    """Which shard rows to train on and how to order them (built from the train config section)."""
-
-    shards_dir: Path
-    split: str = "train"
-    languages: tuple[str, ...] = ()
-    families: tuple[str, ...] = ()
-    source_types: tuple[str, ...] = ()
-    source_priorities: dict[str, float] = field(default_factory=dict)
-    source_repeats: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
-
-    def files(self) -> list[ShardFile]:
-        manifest = load_manifest(self.shards_dir)
-        files = manifest.select(self.split, list(self.languages) or None, list(self.families) or None)
-        return sorted((f for f in files if f.rows > 0), key=lambda f: f.path)
-
-    def priority(self, source: str, source_type: str) -> float:
-        return self.source_priorities.get(source, self.source_priorities.get(source_type, 0.0))
-
-    def repeats(self, source: str, source_type: str) -> float:
-        return self.source_repeats.get(source, self.source_repeats.get(source_type, 1.0))
-
-    def rounds(self) -> list[tuple[float, int]]:
-        """(priority, repeat index) of each round of an epoch, in order."""
-        priorities = sorted({0.0, *map(float, self.source_priorities.values())})
-        n_repeats = max(1, math.ceil(max(self.source_repeats.values(), default=1.0)))
-        return [(p, j) for p in priorities for j in range(n_repeats)]
-
-
-def _uniform(*key: object) -> float:
-    """A deterministic uniform number in [0, 1) from a key (counter-based randomness)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return struct.unpack("<Q", digest)[0] / 2**64
-
-
-# --------------------------------------------------------------------------------------------------
-# Documents
 
 
 @dataclass
@@ -96,6 +32,13 @@ class Document:
     labels: list[int]  # next-token targets, already shifted; IGNORE_INDEX where not trained
     expert_id: int
     language: str
+    kind: str = "text"  # "chat" (a messages row: never split) or "text" (may continue in the next row)
+    prompt_len: int = 0  # chat: tokens before the first trained one (the whole first prompt)
+    offset: int = 0  # where this piece starts in its document (> 0: a continuation)
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
 class DocumentTokenizer:
@@ -126,6 +69,17 @@ class DocumentTokenizer:
         return self.tokenizer(
             texts, add_special_tokens=False, split_special_tokens=split_special, verbose=False
         )["input_ids"]
+
+    def chat_ids(self, question: str, answer: str | None = None) -> list[int]:
+        """One chat turn's tokens exactly as `documents` builds them; without an answer, up to where
+        the answer starts (what an evaluation prompt ends with)."""
+        q_ids, a_ids = self._encode([question, answer or ""], split_special=True)
+        ids: list[int] = []
+        for kind, literal in self.template:
+            if kind == "a" and answer is None:
+                break
+            ids.extend(q_ids if kind == "q" else a_ids if kind == "a" else literal)
+        return ids
 
     def documents(self, rows: list[dict]) -> list[Document | None]:
         """One Document per row (None when a row has no usable text)."""
@@ -159,7 +113,8 @@ class DocumentTokenizer:
                 continue
             tokens: list[int] = []
             trained: list[bool] = []
-            if plan[0][0] == "text":
+            doc_kind = "text" if plan[0][0] == "text" else "chat"
+            if doc_kind == "text":
                 ids = [*encoded[plan[0][1]], self.eos_id]
                 tokens, trained = ids, [True] * len(ids)
             else:
@@ -177,8 +132,16 @@ class DocumentTokenizer:
                 IGNORE_INDEX
             ]
             expert = row.get("expert_id")
+            prompt_len = trained.index(True) if doc_kind == "chat" and True in trained else 0
             docs.append(
-                Document(tokens, labels, NO_EXPERT if expert is None else int(expert), row["language"])
+                Document(
+                    tokens,
+                    labels,
+                    NO_EXPERT if expert is None else int(expert),
+                    row["language"],
+                    kind=doc_kind,
+                    prompt_len=prompt_len,
+                )
             )
         return docs
 
@@ -202,295 +165,7 @@ def _turns(messages) -> list[tuple[str, str]] | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The resumable document stream
-
-
-class _ShardCursor:
-    """Reads one shard file's rows from a position, a record batch at a time."""
-
-    def __init__(self, shards_dir: Path, shard: ShardFile):
-        self.shards_dir = shards_dir
-        self.shard = shard
-        self.path = shard_path(shards_dir, shard)
-        self.rows = shard.rows
-        self._verified = False
-        self._file: pq.ParquetFile | None = None
-        self._buffer: list[dict] = []
-        self._buffer_start = 0
-
-    def rows_at(self, position: int) -> list[dict]:
-        """The buffered rows starting at `position` (loads the batch that holds it if needed)."""
-        offset = position - self._buffer_start
-        if not 0 <= offset < len(self._buffer):
-            self._load(position)
-            offset = 0
-        return self._buffer[offset:]
-
-    def _load(self, position: int) -> None:
-        if not self._verified:
-            verify_shard(self.shards_dir, self.shard)  # size and sha256, before reading a byte
-            self._verified = True
-        if self._file is None:
-            try:
-                self._file = pq.ParquetFile(self.path)
-            except Exception as exc:
-                raise DataError(f"{self.path}: cannot read shard: {exc}") from None
-        meta = self._file.metadata
-        columns = [c for c in _COLUMNS if c in self._file.schema_arrow.names]
-        start = 0
-        for group in range(meta.num_row_groups):
-            n = meta.row_group(group).num_rows
-            if position < start + n:
-                table = self._file.read_row_group(group, columns=columns)
-                end = min(position - start + READ_BATCH_ROWS, n)
-                self._buffer = table.slice(position - start, end - (position - start)).to_pylist()
-                self._buffer_start = position
-                return
-            start += n
-        raise DataError(
-            f"{self.path}: row {position} is past the end ({start} rows; manifest says {self.rows})"
-        )
-
-    def close(self) -> None:
-        self._file, self._buffer = None, []
-
-
-class DocumentStream:
-    """Deterministic, resumable stream of Documents over a DataSelection (see module docstring).
-
-    `state()` is a small JSON-able dict; `DocumentStream(..., state=s)` continues right after it.
-    """
-
-    def __init__(
-        self,
-        selection: DataSelection,
-        doc_tokenizer: DocumentTokenizer,
-        epochs: int | None = None,
-        state: dict | None = None,
-    ):
-        self.selection = selection
-        self.doc_tokenizer = doc_tokenizer
-        self.epochs = epochs
-        self.files = selection.files()
-        if not self.files:
-            raise DataError(
-                f"{selection.shards_dir}: no shard files for split={selection.split!r}, "
-                f"languages={list(selection.languages) or 'all'}, families={list(selection.families) or 'all'}"
-            )
-        self.rounds = selection.rounds()
-        state = state or {}
-        self.epoch = state.get("epoch", 0)
-        self.round = state.get("round", 0)
-        self.draws = state.get("draws", 0)
-        self.cursors = [state.get("cursors", {}).get(f.path, 0) for f in self.files]
-        self._readers = [_ShardCursor(selection.shards_dir, f) for f in self.files]
-        self._docs_this_epoch = state.get("docs_this_epoch", 0)
-
-    def state(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "round": self.round,
-            "draws": self.draws,
-            "cursors": {f.path: c for f, c in zip(self.files, self.cursors, strict=True) if c},
-            "docs_this_epoch": self._docs_this_epoch,
-        }
-
-    def __iter__(self) -> Iterator[Document]:
-        return self
-
-    def __next__(self) -> Document:
-        while True:
-            if self.epochs is not None and self.epoch >= self.epochs:
-                raise StopIteration
-            remaining = [f.rows - c for f, c in zip(self.files, self.cursors, strict=True)]
-            total = sum(remaining)
-            if total == 0:
-                self._next_round()
-                continue
-            u = _uniform(self.selection.seed, self.epoch, self.round, self.draws)
-            self.draws += 1
-            index = _weighted_pick(remaining, u * total)
-            row = self._readers[index].rows_at(self.cursors[index])[0]
-            self.cursors[index] += 1
-            if self.cursors[index] == self.files[index].rows:
-                self._readers[index].close()
-            if not self._eligible(row):
-                continue
-            doc = self.doc_tokenizer.documents([row])[0]
-            if doc is None or len(doc.tokens) < 2:
-                continue
-            self._docs_this_epoch += 1
-            return doc
-
-    def _eligible(self, row: dict) -> bool:
-        sel = self.selection
-        if sel.source_types and row.get("source_type") not in sel.source_types:
-            return False
-        priority, repeat_index = self.rounds[self.round]
-        if sel.priority(row.get("source", ""), row.get("source_type", "")) != priority:
-            return False
-        repeats = sel.repeats(row.get("source", ""), row.get("source_type", ""))
-        whole = math.floor(repeats)
-        if repeat_index < whole:
-            return True
-        return repeat_index == whole and _uniform(sel.seed, "repeat", self.epoch, row["id"]) < repeats - whole
-
-    def _next_round(self) -> None:
-        self.cursors = [0] * len(self.files)
-        self.draws = 0
-        self.round += 1
-        if self.round == len(self.rounds):
-            if self._docs_this_epoch == 0:
-                raise DataError(
-                    f"{self.selection.shards_dir}: no usable documents in split {self.selection.split!r} "
-                    "after the source-type filter"
-                )
-            self.round, self.epoch, self._docs_this_epoch = 0, self.epoch + 1, 0
-
-
-def _weighted_pick(weights: list[int], target: float) -> int:
-    acc = 0
-    for index, weight in enumerate(weights):
-        acc += weight
-        if target < acc:
-            return index
-    return max(i for i, w in enumerate(weights) if w > 0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Packing
-
-
-@dataclass
-class PackedSequence:
-    input_ids: np.ndarray  # (seq_len,) int64
-    labels: np.ndarray  # (seq_len,) int64, IGNORE_INDEX where not trained
-    position_ids: np.ndarray  # (seq_len,) int64, restarting at 0 per document
-    expert_ids: np.ndarray  # (seq_len,) int64, NO_EXPERT for padding
-    language_ids: np.ndarray  # (seq_len,) int64 index into the language list, -1 for padding
-    doc_lengths: list[int]
-
-
-class SequencePacker:
-    """Packs a DocumentStream into fixed-length rows; resumable through `state()`."""
-
-    def __init__(
-        self,
-        stream: DocumentStream,
-        seq_len: int,
-        languages: list[str],
-        pad_id: int,
-        state: dict | None = None,
-    ):
-        self.stream = stream
-        self.seq_len = seq_len
-        self.language_index = {code: i for i, code in enumerate(languages)}
-        self.pad_id = pad_id
-        pending = (state or {}).get("pending")
-        self._pending = Document(**pending) if pending else None
-        self.sequences = (state or {}).get("sequences", 0)
-
-    def state(self) -> dict:
-        pending = self._pending
-        return {
-            "stream": self.stream.state(),
-            "pending": None if pending is None else pending.__dict__.copy(),
-            "sequences": self.sequences,
-        }
-
-    def __iter__(self) -> Iterator[PackedSequence]:
-        return self
-
-    def __next__(self) -> PackedSequence:
-        n = self.seq_len
-        input_ids = np.full(n, self.pad_id, dtype=np.int64)
-        labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
-        positions = np.zeros(n, dtype=np.int64)
-        experts = np.full(n, NO_EXPERT, dtype=np.int64)
-        languages = np.full(n, -1, dtype=np.int64)
-        lengths: list[int] = []
-        filled = 0
-        while filled < n:
-            doc = self._pending or next(self.stream, None)
-            self._pending = None
-            if doc is None:  # a finite stream ran out: pad the rest as its own (untrained) document
-                if filled == 0:
-                    raise StopIteration
-                positions[filled:] = np.arange(n - filled)
-                lengths.append(n - filled)
-                break
-            take = min(len(doc.tokens), n - filled)
-            span = slice(filled, filled + take)
-            input_ids[span] = doc.tokens[:take]
-            labels[span] = doc.labels[:take]
-            positions[span] = np.arange(take)
-            experts[span] = doc.expert_id
-            languages[span] = self.language_index.get(doc.language, -1)
-            lengths.append(take)
-            filled += take
-            if take < len(doc.tokens):  # the rest continues in the next row as a new document
-                self._pending = Document(doc.tokens[take:], doc.labels[take:], doc.expert_id, doc.language)
-        self.sequences += 1
-        return PackedSequence(input_ids, labels, positions, experts, languages, lengths)
-
-
-# --------------------------------------------------------------------------------------------------
 # Batches
-
-
-@dataclass
-class Batch:
-    """Tensors for one micro-batch (rows stacked); `doc_lengths` covers the flattened rows in order."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    position_ids: torch.Tensor
-    expert_ids: torch.Tensor
-    language_ids: torch.Tensor
-    cu_seqlens: torch.Tensor  # int32 (docs + 1,), cumulative document lengths over the flattened batch
-    max_doc_len: int
-    doc_lengths: list[int]
-
-    def to(self, device: torch.device) -> Batch:
-        move = dict(device=device, non_blocking=True)
-        return Batch(
-            self.input_ids.to(**move),
-            self.labels.to(**move),
-            self.position_ids.to(**move),
-            self.expert_ids.to(**move),
-            self.language_ids.to(**move),
-            self.cu_seqlens.to(**move),
-            self.max_doc_len,
-            self.doc_lengths,
-        )
-
-    @property
-    def n_tokens(self) -> int:
-        return self.input_ids.numel()
-
-
-def collate(sequences: list[PackedSequence]) -> Batch:
-    lengths = [n for seq in sequences for n in seq.doc_lengths]
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
-
-    def stack(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([getattr(s, name) for s in sequences]))
-
-    batch = Batch(
-        stack("input_ids"),
-        stack("labels"),
-        stack("position_ids"),
-        stack("expert_ids"),
-        stack("language_ids"),
-        cu,
-        max(lengths),
-        lengths,
-    )
-    if torch.cuda.is_available():
-        for name in ("input_ids", "labels", "position_ids", "expert_ids", "language_ids", "cu_seqlens"):
-            setattr(batch, name, getattr(batch, name).pin_memory())
-    return batch
 
 
 def manifest_languages(shards_dir: Path) -> list[str]:

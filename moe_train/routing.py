@@ -1,4 +1,9 @@
-"""Hybrid-k routing: the stock top-k router, with each token's language-family expert forced in during training.
+"""Training-time routing: the stock top-k router, with each token's language-family expert forced in.
+
+`train.routing` picks the forcing (`FORCING`): `hybrid` (the paper) as below; `language_specific` (the
+paper's ablation, FreedomIntelligence/ApolloMoE src/variants/upcycling/language_specific_routing/
+modeling_upcycling_qwen2_moe.py: top-1 replaced by the family expert with weight 1 during training);
+`free` (no forcing: the stock router). Tokens without a family are routed like the stock model.
 
 For every token the router's softmax probabilities (float32) give the top-k experts. If the token's
 family expert (from its record's `expert_id`) is not among them, it replaces the lowest-weighted of the
@@ -15,6 +20,7 @@ last forward in the state, for the supervision loss and the agreement rate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from pipeline.compat import Qwen2MoeTopKRouter
 
 NO_EXPERT = -1  # expert id of tokens without a family (forcing is skipped for them)
+FORCING = {"hybrid": "hybrid", "language_specific": "language_specific", "free": None, "dense": None}
 
 
 def hybrid_topk(
@@ -51,6 +58,23 @@ def hybrid_topk(
     return weights, indices
 
 
+def route(
+    probs: torch.Tensor, expert_ids: torch.Tensor | None, k: int, renormalize: bool, forcing: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, indices) of the experts each token goes to, under a forcing of `FORCING`."""
+    if forcing is None or expert_ids is None:
+        weights, indices = torch.topk(probs, k, dim=-1)
+        return (weights / weights.sum(dim=-1, keepdim=True) if renormalize else weights), indices
+    if forcing == "language_specific":
+        weights, indices = torch.topk(probs, k, dim=-1)
+        if renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        family = expert_ids.to(indices.dtype).unsqueeze(-1).expand_as(indices)
+        has_family = family >= 0
+        return torch.where(has_family, 1.0, weights), torch.where(has_family, family, indices)
+    return hybrid_topk(probs, expert_ids, k, renormalize)
+
+
 @dataclass
 class RoutingState:
     """What the hybrid routers share with the training loop for one forward pass.
@@ -63,6 +87,7 @@ class RoutingState:
 
     expert_ids: torch.Tensor | None = None
     routers: list[HybridTopKRouter] = field(default_factory=list)
+    forcing: str | None = "hybrid"  # a value of FORCING
 
     def begin(self, expert_ids: torch.Tensor | None) -> None:
         self.expert_ids = None if expert_ids is None else expert_ids.reshape(-1)
@@ -91,22 +116,17 @@ class HybridTopKRouter(Qwen2MoeTopKRouter):
     def forward(self, hidden_states: torch.Tensor):
         hidden_states = hidden_states.reshape(-1, self.hidden_dim)
         router_logits = F.linear(hidden_states, self.weight)
-        expert_ids = self.state.expert_ids
-        if expert_ids is None:
-            probs = F.softmax(router_logits, dtype=torch.float32, dim=-1)
-            weights, indices = torch.topk(probs, self.top_k, dim=-1)
-            if self.norm_topk_prob:
-                weights = weights / weights.sum(dim=-1, keepdim=True)
-        else:
-            probs = F.softmax(router_logits, dtype=torch.float32, dim=-1)
-            weights, indices = hybrid_topk(probs, expert_ids, self.top_k, self.norm_topk_prob)
+        probs = F.softmax(router_logits, dtype=torch.float32, dim=-1)
+        weights, indices = route(
+            probs, self.state.expert_ids, self.top_k, self.norm_topk_prob, self.state.forcing
+        )
         self.last_logits = router_logits
         return router_logits, weights.to(router_logits.dtype), indices
 
 
-def install_hybrid_routing(model: torch.nn.Module) -> RoutingState:
+def install_hybrid_routing(model: torch.nn.Module, forcing: str | None = "hybrid") -> RoutingState:
     """Replace every stock router in `model` by a HybridTopKRouter sharing one RoutingState."""
-    state = RoutingState()
+    state = RoutingState(forcing=forcing)
     for module in list(model.modules()):
         gate = getattr(module, "gate", None)
         if isinstance(gate, Qwen2MoeTopKRouter) and not isinstance(gate, HybridTopKRouter):
@@ -126,23 +146,48 @@ def router_supervision_loss(router_logits: torch.Tensor, expert_ids: torch.Tenso
 
 
 @torch.no_grad()
-def routing_stats(router_logits: torch.Tensor, expert_ids: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+def routing_stats(
+    router_logits: torch.Tensor, expert_ids: torch.Tensor, k: int, forcing: str | None = "hybrid"
+) -> dict[str, torch.Tensor]:
     """Per-token routing facts of one MoE layer (all detached, on the logits' device).
 
     agree: (tokens,) bool, the stock top-k already contains the family expert (only meaningful where
     the token has one); has_family: (tokens,) bool; load: (experts,) how many token-slots each expert
-    received under hybrid routing.
+    received under the training routing (`forcing`); stock_load: (experts,) the same under the stock
+    top-k, over the tokens with a family (what a language-blind router's agreement is measured against).
     """
     probs = F.softmax(router_logits.float(), dim=-1)
     expert_ids = expert_ids.reshape(-1)
     stock = torch.topk(probs, k, dim=-1).indices
     has_family = expert_ids >= 0
     agree = (stock == expert_ids.unsqueeze(-1)).any(dim=-1) & has_family
-    _, hybrid = hybrid_topk(probs, expert_ids, k)
-    flat = hybrid.reshape(-1)
-    load = torch.zeros(probs.shape[-1], device=flat.device, dtype=torch.float64)
+    _, routed = route(probs, expert_ids, k, False, forcing)
+    return {
+        "agree": agree,
+        "has_family": has_family,
+        "load": _counts(routed, probs.shape[-1]),
+        "stock_load": _counts(stock[has_family], probs.shape[-1]),
+    }
+
+
+def _counts(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    flat = indices.reshape(-1)
+    load = torch.zeros(n_experts, device=flat.device, dtype=torch.float64)
     load.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))  # bincount would sync the GPU
-    return {"agree": agree, "has_family": has_family, "load": load}
+    return load
+
+
+def blind_agreement(stock_load: torch.Tensor, k: int) -> torch.Tensor:
+    """Per expert: the agreement a language-blind router would score for a language whose family is that
+    expert, i.e. the share of tokens whose stock top-k holds it (its load share times k)."""
+    return (stock_load / stock_load.sum().clamp(min=1) * k).clamp(max=1.0)
+
+
+def load_entropy(load: torch.Tensor) -> float:
+    """Entropy of an expert load distribution over log(experts): 1 = perfectly even, 0 = one expert."""
+    p = load.double() / load.sum().clamp(min=1)
+    nonzero = p[p > 0]
+    return float(-(nonzero * nonzero.log()).sum() / math.log(len(load))) if len(load) > 1 else 0.0
 
 
 class RoutingTally:
@@ -150,9 +195,17 @@ class RoutingTally:
     micro-batches, as float64 tensors on the device, so they are summed over ranks and read back with
     the step's other numbers instead of synchronising the GPU per layer."""
 
-    def __init__(self, layers: list[int], num_experts: int, top_k: int, device: torch.device):
+    def __init__(
+        self,
+        layers: list[int],
+        num_experts: int,
+        top_k: int,
+        device: torch.device,
+        forcing: str | None = "hybrid",
+    ):
         self.layers = layers  # decoder-layer index of each MoE layer, in forward order
         self.top_k = top_k
+        self.forcing = forcing  # the training routing, whose expert load is counted
         self.agree = torch.zeros((), dtype=torch.float64, device=device)
         self.has_family = torch.zeros((), dtype=torch.float64, device=device)
         self.supervision = torch.zeros((), dtype=torch.float64, device=device)
@@ -160,7 +213,7 @@ class RoutingTally:
 
     def add(self, router_logits: list[torch.Tensor], expert_ids: torch.Tensor) -> None:
         for position, logits in enumerate(router_logits[: len(self.layers)]):
-            stats = routing_stats(logits.detach(), expert_ids, self.top_k)
+            stats = routing_stats(logits.detach(), expert_ids, self.top_k, self.forcing)
             self.agree += stats["agree"].sum()
             self.has_family += stats["has_family"].sum()
             self.load[position] += stats["load"]

@@ -38,7 +38,7 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
     out_dir = Path(out)
     scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(out_dir / "shards").scheme)
     dest_dir = Path(dest) if dest else out_dir / "spread"
-    steps = cfg.eval.spread_steps if steps is None else steps
+    steps = cfg.experiments.spread.steps if steps is None else steps
     cfg = spread_training_config(cfg, steps, device_name)
     trainer = trainer_from_config(
         cfg, out_dir, resume=False, shards_dir=out_dir / "shards", stage_dir=dest_dir / "train"
@@ -97,13 +97,13 @@ def spread_training_config(cfg, steps: int, device_name: str):
     train = cfg.train.model_copy(
         update={
             "moe_layers": n_layers,
-            "hybrid_routing": False,
+            "routing": "free",
             "router_supervision_coef": 0.0,
             "max_steps": max(1, steps),
             "eval_every": max(1, steps),
             "checkpoint_every": max(1, steps),
-            "seq_len": cfg.eval.spread_seq_len,
-            "lr": cfg.eval.spread_lr,
+            "seq_len": cfg.experiments.spread.seq_len,
+            "lr": cfg.experiments.spread.lr,
             "warmup_steps": min(cfg.train.warmup_steps, steps // 10),
             **({"device": device_name} if device_name != "auto" else {}),
         }
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True, help="the run's OUT directory (reads OUT/shards)")
     parser.add_argument("--dest", help="where to write plots and JSON (default OUT/spread)")
-    parser.add_argument("--steps", type=int, help="training steps (default: eval.spread_steps)")
+    parser.add_argument("--steps", type=int, help="training steps (default: experiments.spread.steps)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     result = spread(args.config, args.out, args.dest, args.steps, args.device)

@@ -50,14 +50,7 @@ from moe_train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from moe_train.data import (
-    Batch,
-    DataSelection,
-    DocumentStream,
-    DocumentTokenizer,
-    SequencePacker,
-    manifest_languages,
-)
+from moe_train.data import DocumentTokenizer, manifest_languages
 from moe_train.device import peak_memory_gb, synchronize, to_host
 from moe_train.distributed import (
     Runtime,
@@ -72,9 +65,11 @@ from moe_train.distributed import (
 )
 from moe_train.flops import peak_flops, training_flops
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import Batch, PackingStats, training_packer
 from moe_train.precision import autocast
-from moe_train.routing import RoutingTally, router_supervision_loss
-from moe_train.upcycle import build_model, is_preset, new_moe_model
+from moe_train.routing import FORCING, RoutingTally, router_supervision_loss
+from moe_train.sampling import DataSelection
+from moe_train.upcycle import build_model, config_from_file, is_preset, new_model
 from moe_train.validation import validation_batches, validation_metrics
 from pipeline.compat import load_balancing_loss_func
 from pipeline.config import Config, ConfigError, TrainSection, load_config
@@ -91,8 +86,11 @@ class NonFiniteLossError(RuntimeError):
 # Optimizer and schedule
 
 
-def no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    """Norm weights and biases (all 1-D parameters) get no weight decay."""
+def no_decay(name: str, param: torch.nn.Parameter, decay_norm_weights: bool = False) -> bool:
+    """Norm weights and biases (all 1-D parameters) get no weight decay; with `decay_norm_weights` (the
+    original) only biases are spared."""
+    if decay_norm_weights:
+        return name.endswith(".bias")
     return param.ndim < 2 or name.endswith(".bias")
 
 
@@ -101,18 +99,27 @@ def make_optimizer(model: CausalLMForTraining, cfg: TrainSection, cuda: bool = F
     decay, keep = [], []
     for name, param in model.trained_module().named_parameters():
         if param.requires_grad and param.numel():
-            (keep if no_decay(name, param) else decay).append(param)
+            (keep if no_decay(name, param, cfg.decay_norm_weights) else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     fused = {"fused": True} if cuda else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **fused)
 
 
+def warmup_steps(cfg: TrainSection) -> int:
+    """`warmup_ratio` of the schedule's horizon (cosine_horizon x max_steps) when set, else warmup_steps."""
+    if cfg.warmup_ratio is not None:
+        return int(cfg.warmup_ratio * cfg.cosine_horizon * cfg.max_steps)
+    return cfg.warmup_steps
+
+
 def lr_factor(step: int, cfg: TrainSection) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    """Linear warmup to 1, then cosine decay reaching min_lr_ratio at cosine_horizon x max_steps (1: at
+    the last step; the original's 1.35 stops the run 74% into its cosine)."""
+    warmup = warmup_steps(cfg)
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1.0, cfg.cosine_horizon * cfg.max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -162,12 +169,12 @@ def train_step(
     config, layers = model.lm.config, model.moe_layers
     num_experts, top_k = getattr(config, "num_experts", 1), getattr(config, "num_experts_per_tok", 0)
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    routing = RoutingTally(layers, num_experts, top_k, runtime.device)
+    routing = RoutingTally(layers, num_experts, top_k, runtime.device, FORCING[cfg.routing])
     for index, batch in enumerate(batches):
         if runtime.sharded:  # FSDP2 reduces gradients over ranks after the last micro-batch only
             model.set_requires_gradient_sync(index == len(batches) - 1)
         with autocast(runtime.device):
-            token_loss = model(batch, force_family=cfg.hybrid_routing)
+            token_loss = model(batch, force_family=FORCING[cfg.routing] is not None)
         objective = token_loss / trained_tokens
         logits = model.router_logits()
         if logits and cfg.router_aux_loss_coef > 0:  # Switch-style load balancing (stock top-k)
@@ -214,6 +221,7 @@ class TrainResult:
     validation: dict
     export_dir: Path | None
     checkpoint: Path | None
+    packing: dict  # PackingStats.summary() of the rows trained so far
 
 
 class Trainer:
@@ -246,9 +254,7 @@ class Trainer:
         if (
             self.resumed_from is not None
         ):  # the checkpoint's own config: its experts, whatever the options say
-            from transformers import Qwen2MoeConfig
-
-            lm = new_moe_model(Qwen2MoeConfig.from_json_file(self.resumed_from / "config.json"))
+            lm = new_model(config_from_file(self.resumed_from / "config.json"))
         else:
             lm = build_model(
                 model_spec,
@@ -259,6 +265,7 @@ class Trainer:
                 shared_expert=cfg.shared_expert,
                 router_aux_loss_coef=cfg.router_aux_loss_coef,
                 seed=seed,
+                dense=cfg.routing == "dense",
             )
         self.model_config = lm.config
         self.tokenizer = training_tokenizer(cfg.tokenizer, model_spec)
@@ -269,20 +276,8 @@ class Trainer:
         data_state = self._restore(self.resumed_from) if self.resumed_from is not None else None
 
         self.doc_tokenizer = DocumentTokenizer(self.tokenizer, cfg.chat_template)
-        self.selection = DataSelection(
-            shards_dir=self.shards_dir,
-            split="train",
-            languages=tuple(cfg.languages),
-            families=tuple(cfg.families),
-            source_types=tuple(cfg.source_types),
-            source_priorities=dict(cfg.source_priorities),
-            source_repeats=dict(cfg.source_repeats),
-            seed=seed,
-        )
-        stream = DocumentStream(self.selection, self.doc_tokenizer, state=(data_state or {}).get("stream"))
-        packer = SequencePacker(
-            stream, cfg.seq_len, self.languages, self.doc_tokenizer.eos_id, state=data_state
-        )
+        self.selection = DataSelection.for_training(self.shards_dir, cfg, seed)
+        packer = training_packer(self.selection, self.doc_tokenizer, cfg, self.languages, data_state)
         self.initial_data_state = packer.state()
         self.feeder = StepFeeder(packer, cfg, self.runtime)
         self.validation = validation_batches(
@@ -350,7 +345,8 @@ class Trainer:
         export_dir = self.export() if self.step >= cfg.max_steps else None
         if export_dir:
             logger.info(f"exported the stock Qwen2-MoE checkpoint to {export_dir}")
-        self._log({"event": "end", "step": self.step, "tokens_seen": self.tokens_seen})
+        packing = PackingStats(**last_data_state.get("stats", {})).summary()
+        self._log({"event": "end", "step": self.step, "tokens_seen": self.tokens_seen, "packing": packing})
         return TrainResult(
             steps=self.step,
             tokens=self.tokens_seen,
@@ -359,6 +355,7 @@ class Trainer:
             validation=validation,
             export_dir=export_dir,
             checkpoint=checkpoint,
+            packing=packing,
         )
 
     def _stopped(self, exc: NonFiniteLossError, data_state: dict, validation: dict) -> NonFiniteLossError:
@@ -518,6 +515,7 @@ def summarize(result: TrainResult) -> dict:
         "first_loss": result.losses[0] if result.losses else None,
         "final_loss": result.final_loss,
         "validation": result.validation,
+        "packing": result.packing,
         "export_dir": str(result.export_dir) if result.export_dir else None,
     }
 

@@ -246,8 +246,17 @@ def build_model(
     shared_expert: bool = False,
     router_aux_loss_coef: float = 0.0,
     seed: int = 0,
-) -> Qwen2MoeForCausalLM:
-    """The Post-MoE model to train: a preset or dense checkpoint, upcycled; an MoE checkpoint, as is."""
+    dense: bool = False,
+) -> Qwen2MoeForCausalLM | Qwen2ForCausalLM:
+    """The Post-MoE model to train: a preset or dense checkpoint, upcycled; an MoE checkpoint, as is.
+
+    `dense` (train.routing: dense, the paper's baseline): the dense model itself, not upcycled."""
+    if dense:
+        if not is_preset(str(spec)) and is_moe_checkpoint(spec):
+            raise ValueError(
+                f"{spec}: routing 'dense' trains a dense Qwen2, but this is a Qwen2-MoE checkpoint"
+            )
+        return load_dense(spec, seed=seed)
     if not is_preset(str(spec)) and is_moe_checkpoint(spec):
         with no_shared_expert_warning():
             model = Qwen2MoeForCausalLM.from_pretrained(spec, dtype=torch.float32, local_files_only=True)
@@ -299,7 +308,7 @@ def drop_empty_shared_experts(model: Qwen2MoeForCausalLM) -> None:
 
 def complete_state_dict(config: Qwen2MoeConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Add the stock zero-width shared-expert tensors that training leaves out (see NoSharedExpert)."""
-    if config.shared_expert_intermediate_size:
+    if config.model_type != "qwen2_moe" or config.shared_expert_intermediate_size:
         return state
     state = dict(state)
     hidden = config.hidden_size
@@ -317,6 +326,23 @@ def new_moe_model(config: Qwen2MoeConfig, device: str | torch.device = "cpu") ->
     """An uninitialised stock Qwen2-MoE of `config` (weights to be loaded from a checkpoint)."""
     with no_shared_expert_warning(), torch.device(device):
         return Qwen2MoeForCausalLM(config)
+
+
+def new_model(
+    config: Qwen2MoeConfig | Qwen2Config, device: str | torch.device = "cpu"
+) -> Qwen2MoeForCausalLM | Qwen2ForCausalLM:
+    """An uninitialised stock model of `config`: Qwen2-MoE, or dense Qwen2 (the `dense` baseline)."""
+    if config.model_type == "qwen2_moe":
+        return new_moe_model(config, device)
+    with torch.device(device):
+        return Qwen2ForCausalLM(config)
+
+
+def config_from_file(path: str | Path) -> Qwen2MoeConfig | Qwen2Config:
+    """A checkpoint's config.json as the config class of its model type."""
+    data = json.loads(Path(path).read_text())
+    kind = Qwen2MoeConfig if data.get("model_type") == "qwen2_moe" else Qwen2Config
+    return kind.from_json_file(path)
 
 
 @contextmanager

@@ -8,11 +8,13 @@ import math
 import torch
 
 from moe_train.causal_lm import CausalLMForTraining
-from moe_train.data import Batch, DataSelection, DocumentStream, DocumentTokenizer, SequencePacker, collate
+from moe_train.data import DocumentTokenizer
 from moe_train.distributed import Runtime, all_reduce_sum
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import Batch, SequencePacker, collate
 from moe_train.precision import autocast
-from moe_train.routing import routing_stats
+from moe_train.routing import blind_agreement, load_entropy, routing_stats
+from moe_train.sampling import DataSelection, DocumentStream
 from pipeline.config import TrainSection
 
 
@@ -70,7 +72,9 @@ def validation_metrics(
     model: CausalLMForTraining, batches: list[Batch], languages: list[str], runtime: Runtime
 ) -> dict:
     """Per-language validation loss and router agreement (the stock top-k, no family forcing, contains
-    the token's family expert), overall, by language and by MoE layer."""
+    the token's family expert), overall, by language and by MoE layer; beside the agreement, what a
+    language-blind router would score (`blind_agreement*`, from the stock expert load shares) and each
+    layer's load entropy."""
     if not batches:
         return {}
     n_layers = len(model.moe_layers)
@@ -79,6 +83,9 @@ def validation_metrics(
     # per language: loss sum, scored tokens, agreeing and routed token-layers; per MoE layer the latter two
     sums = {name: torch.zeros(len(languages), **zeros) for name in ("loss", "tokens", "agree", "routed")}
     sums |= {name: torch.zeros(max(n_layers, 1), **zeros) for name in ("layer_agree", "layer_routed")}
+    n_experts = getattr(model.lm.config, "num_experts", 1)
+    sums["stock_load"] = torch.zeros(max(n_layers, 1), n_experts, **zeros)  # per layer, over family tokens
+    sums["family_tokens"] = torch.zeros(len(languages), n_experts, **zeros)  # each language's family experts
     model.train(False)  # evaluation mode (no dropout is used, but be explicit)
     for batch in batches:
         batch = batch.to(runtime.device)
@@ -95,6 +102,10 @@ def validation_metrics(
             sums["routed"].index_add_(0, langs[fam], torch.ones_like(langs[fam], dtype=torch.float64))
             sums["layer_agree"][layer] += stats["agree"][fam].sum()
             sums["layer_routed"][layer] += fam.sum()
+            sums["stock_load"][layer] += stats["stock_load"]
+            if layer == 0:
+                cell = langs[fam] * n_experts + batch.expert_ids.reshape(-1)[fam]
+                sums["family_tokens"].view(-1).index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
     model.train()
     sums = all_reduce_sum(sums, runtime)
     loss, tokens, agree, routed = sums["loss"], sums["tokens"], sums["agree"], sums["routed"]
@@ -112,5 +123,16 @@ def validation_metrics(
         result["agreement_by_layer"] = {
             f"layer_{layer}": (sums["layer_agree"][i] / sums["layer_routed"][i].clamp(min=1)).item()
             for i, layer in enumerate(model.moe_layers)
+        }
+        # a language-blind router's agreement: its family expert's share of all tokens' stock top-k
+        family = sums["family_tokens"]
+        blind = torch.stack([blind_agreement(load, top_k) for load in sums["stock_load"][:n_layers]]).mean(0)
+        per_language = family @ blind / family.sum(1).clamp(min=1)
+        result["blind_agreement"] = ((family @ blind).sum() / family.sum().clamp(min=1)).item()
+        result["blind_agreement_by_language"] = {
+            code: per_language[i].item() for i, code in enumerate(languages) if routed[i] > 0
+        }
+        result["expert_load_entropy_by_layer"] = {
+            f"layer_{layer}": load_entropy(sums["stock_load"][i]) for i, layer in enumerate(model.moe_layers)
         }
     return result

@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and the language registry")
     common(check)
 
+    why = sub.add_parser(
+        "explain", help="show where one record went and every language-ID and quality signal behind it"
+    )
+    why.add_argument("id", help="record id (as in the `id` column)")
+    common(why)
+    why.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     sub.add_parser("stages", help="list the stages in DAG order")
     sub.add_parser("schema-doc", help="print the record schema as Markdown (docs/schema.md)")
     sub.add_parser(
@@ -112,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                 if hasattr(module, "validate"):
                     module.validate(cfg, registry)
             print(f"{args.config}: ok ({len(cfg.sources)} sources, {len(registry.languages)} languages)")
+            return 0
+        if args.command == "explain":
+            import json
+
+            from pipeline.explain import explain, format_explanation
+
+            try:
+                info = explain(cfg, Path(args.out), args.id)
+            except KeyError as exc:
+                print(f"error: {exc.args[0]}", file=sys.stderr)
+                return EXIT_ERROR
+            print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_explanation(info))
             return 0
         if args.command == "fingerprint":
             from pipeline.dag import write_fingerprint_files

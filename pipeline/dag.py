@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import atomic
+from pipeline import atomic, guards
 from pipeline.compat import stat_totals, task_stats_files
 from pipeline.config import Config
 from pipeline.handoff import record_outputs, verify_outputs
@@ -357,10 +357,18 @@ def run_stage(name: str, cfg: Config, out: Path, force: bool = False) -> dict:
     ctx = StageContext(spec, cfg, out, registry, fingerprint)
     t0 = time.time()
     result = module.run(ctx) or {}
-    summary = {"stage": name, **summarize_counters(ctx.counters()), **ctx.summary, **result}
+    counters = ctx.counters()
+    summary = {"stage": name, **summarize_counters(counters), **ctx.summary, **result}
+    table = guards.removal_table(counters)
+    if table:  # a filtering stage: removal per language and source, and its warnings
+        share = cfg.run.warn_removed_share
+        summary["removal_by_language_source"] = table
+        summary["removal_warnings"] = guards.warnings(table, ctx.quarantine_dir, share)
     summary["seconds"] = round(time.time() - t0, 2)
     atomic.write_json(stage_dir / "summary.json", summary, indent=2, ensure_ascii=False)
     print(format_summary(summary))
+    if summary.get("removal_warnings"):
+        print(guards.format_warnings(name, summary["removal_warnings"], cfg.run.warn_removed_share))
     record_outputs(stage_dir)
     atomic.write_text(marker, fingerprint + "\n")
     return summary

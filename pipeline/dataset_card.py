@@ -350,19 +350,9 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 _TEXT_HEADERS = {
-    "language",
-    "family",
-    "expert",
-    "source",
-    "license",
-    "SPDX",
-    "tier",
-    "source types (documents)",
-    "why",
-    "description",
-    "type",
-    "languages",
-}
+    "language", "family", "expert", "source", "license", "SPDX", "tier", "source types (documents)",
+    "why", "description", "type", "languages",
+}  # fmt: skip
 
 
 def _type_counts(counts: dict[str, int]) -> str:
@@ -513,6 +503,38 @@ def _body(ctx, manifest: Manifest, stats: dict, funnel: list[FunnelRow], plots: 
             ],
         )
     )
+
+    warned = [(r.stage, w) for r in funnel for w in r.warnings]
+    parts.append(
+        "\n### Removal per language and source\n\n"
+        "Every filtering stage reports what it removed per language and per source "
+        "(`removal_by_language_source` in `OUT/<stage>/summary.json`) and warns when it removes more than "
+        f"{ctx.cfg.run.warn_removed_share:.0%} of one language of one source (`run.warn_removed_share`). "
+    )
+    if warned:
+        parts.append("This run's warnings (`medbabel explain <id>` shows every signal of a record):\n\n")
+        parts.append(
+            _table(
+                ["stage", "language", "source", "removed", "mostly", "example"],
+                [
+                    [
+                        stage,
+                        w["language"],
+                        w["source"],
+                        f"{w['removed']:,} of {w['in']:,} ({w['share']:.1%})",
+                        w["rule"],
+                        (
+                            w["examples"][0]["text"][:80].replace("|", "\\|").replace("\n", " ")
+                            if w["examples"]
+                            else "-"
+                        ),
+                    ]
+                    for stage, w in warned
+                ],
+            )
+        )
+    else:
+        parts.append("This run has none.\n")
 
     parts.append(_loading_section())
     parts.append("\n## Fields\n\n")

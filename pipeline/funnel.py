@@ -25,6 +25,7 @@ class FunnelRow:
     quarantined: int = 0
     removed: dict[str, int] = field(default_factory=dict)  # reason -> records, most frequent first
     seconds: float | None = None
+    warnings: list[dict] = field(default_factory=list)  # removal guards (pipeline.guards), if any
 
     @property
     def adds(self) -> bool:
@@ -46,6 +47,7 @@ class FunnelRow:
             quarantined=int(summary.get("quarantined", sum(removed.values()))),
             removed=removed,
             seconds=summary.get("seconds"),
+            warnings=list(summary.get("removal_warnings") or []),
         )
 
 

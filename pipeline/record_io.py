@@ -20,7 +20,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers.base import BaseDiskReader
 
-from pipeline import atomic, console
+from pipeline import atomic, console, guards
 from pipeline.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, RECORD_SCHEMA, rows_to_table
 
 console.install()
@@ -272,6 +272,8 @@ class RecordFilter(PipelineStep):
             with self.track_time(unit="batch"):
                 verdicts = self.check_batch(batch)
             for doc, rejection in zip(batch, verdicts, strict=True):
+                language, source = doc.metadata["language"], doc.metadata.get("source") or "?"
+                self.stat_update(guards.seen_key(language, source))
                 if rejection is None:
                     yield doc
                     continue
@@ -279,7 +281,8 @@ class RecordFilter(PipelineStep):
                 self.stat_update(
                     "quarantined",
                     f"quarantined/{rejection.reason}",
-                    f"quarantined/{rejection.reason}/{doc.metadata['language']}",
+                    f"quarantined/{rejection.reason}/{language}",
+                    guards.removed_key(language, rejection.reason, source),
                 )
         sink.close()
 

@@ -24,7 +24,7 @@ _LANGUAGE_KEYS = {"name", "scripts", "tier", "family", "lid_labels", "aliases", 
 _TOP_KEYS = {"version", "languages", "schemes", "default_scheme", "confusable_groups", "lid_models"}
 _SCHEME_KEYS = {"description", "experts"}
 _EXPERT_KEYS = {"id", "name", "families", "languages"}
-_LID_MODEL_KEYS = {"description", "label_prefix", "default_file"}
+_LID_MODEL_KEYS = {"description", "label_prefix", "default_file", "labels"}
 
 
 class RegistryError(ValueError):
@@ -239,6 +239,7 @@ def _str_list(path: Path, where: str, value: object) -> tuple[str, ...]:
 def _build(path: Path, raw: object) -> Registry:
     top = _check_keys(path, "top level", raw, _TOP_KEYS, {"languages", "schemes", "default_scheme"})
     lid_models = {}
+    model_level_labels: dict[str, dict[str, object]] = {}
     for name, spec in (top.get("lid_models") or {}).items():
         spec = _check_keys(
             path, f"lid_models.{name}", spec, _LID_MODEL_KEYS, {"label_prefix", "default_file"}
@@ -246,6 +247,14 @@ def _build(path: Path, raw: object) -> Registry:
         lid_models[name] = LidModel(
             name, spec.get("description", ""), spec["label_prefix"], spec["default_file"]
         )
+        # a model's labels may be listed with the model (language code -> labels) instead of per language
+        model_labels = spec.get("labels") or {}
+        if not isinstance(model_labels, dict):
+            raise _fail(
+                path, f"lid_models.{name}.labels", "expected a mapping of language code -> list of labels"
+            )
+        for code, labels in model_labels.items():
+            model_level_labels.setdefault(str(code), {})[name] = labels
 
     languages: dict[str, Language] = {}
     alias_index: dict[str, str] = {}
@@ -267,6 +276,10 @@ def _build(path: Path, raw: object) -> Registry:
         labels = spec["lid_labels"]
         if not isinstance(labels, dict):
             raise _fail(path, f"{where}.lid_labels", "expected a mapping of lid model -> list of labels")
+        for model in model_level_labels.get(code, {}):
+            if model in labels:
+                raise _fail(path, f"{where}.lid_labels.{model}", f"also listed in lid_models.{model}.labels")
+        labels = {**labels, **model_level_labels.get(code, {})}
         lid_labels = {}
         for model, model_labels in labels.items():
             if model not in lid_models:
@@ -304,6 +317,11 @@ def _build(path: Path, raw: object) -> Registry:
             aliases=aliases,
             segmentation=segmentation,
         )
+
+    for code in model_level_labels:
+        if code not in languages:
+            models = ", ".join(model_level_labels[code])
+            raise _fail(path, f"lid_models.{models}.labels", f"unknown language '{code}'")
 
     families = {lang.family for lang in languages.values()}
     schemes: dict[str, Scheme] = {}

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 3  # 2: provenance columns source_id, source_file, source_position; 3: `family` is the
-# registry family, `expert` the scheme's expert
+SCHEMA_VERSION = 3  # 2: provenance columns source_id, source_file, source_position; mojibake_ratio;
+# 3: `family` is the registry family, `expert` the scheme's expert
 
 SOURCE_TYPES = (
     "book",
@@ -50,6 +50,7 @@ QUALITY_SIGNALS = (
     ("line_punct_ratio", "fraction of lines ending in terminal punctuation"),
     ("boilerplate_fraction", "fraction of lines that are boilerplate"),
     ("stopword_ratio", "fraction of words that are stop words (null where no list exists)"),
+    ("mojibake_ratio", "sequences of UTF-8 read in a legacy encoding ('Ã©', 'â€™'; ftfy) per word"),
     ("medical_score", "probability of the medical domain from the run-time fastText classifier"),
 )
 QUALITY_SIGNALS_TYPE = pa.struct([(name, pa.float32()) for name, _ in QUALITY_SIGNALS])

@@ -1,7 +1,7 @@
 """Decontamination: remove every document that shares a long n-gram with a benchmark question or option.
 
 The benchmark n-gram index is built once, in the stage's main process, from `decontam.benchmarks`
-(MCQ JSONL in the XMedBench format) and saved under OUT/decontam/; each task loads it once and
+(read by `pipeline.benchmarks`, the reader evaluation uses, in each benchmark's own format) and saved under OUT/decontam/; each task loads it once and
 checks its documents streaming. A removed document goes to the quarantine as `benchmark_overlap`,
 its detail naming the benchmark, the item, the field and the shared text; the summary lists them.
 """
@@ -13,9 +13,10 @@ from pathlib import Path
 
 from datatrove.data import Document
 
+from pipeline.benchmarks import check_configured, console_line, read_configured
 from pipeline.dag import StageContext
 from pipeline.record_io import RecordFilter, RecordWriter, Rejection, list_parquet, read_records
-from pipeline.text.ngram_index import BenchmarkText, IndexSettings, NgramIndex, read_benchmark
+from pipeline.text.ngram_index import BenchmarkText, IndexSettings, NgramIndex, benchmark_texts
 from pipeline.text.segment import segment
 
 REASON = "benchmark_overlap"
@@ -61,13 +62,21 @@ class BenchmarkOverlapFilter(RecordFilter):
         )
 
 
+def validate(cfg, registry) -> None:
+    check_configured(cfg.decontam.benchmarks, cfg, "decontam.benchmarks")
+
+
 def run(ctx: StageContext) -> dict:
     d = ctx.cfg.decontam
     settings = IndexSettings(d.ngram_words, d.ngram_chars, d.min_item_words, d.min_item_chars)
-    texts = []
-    for ref in d.benchmarks:
-        texts += read_benchmark(ref.name, ctx.cfg.resolve(ref.path), ctx.registry, ref.language, ref.source)
-    index, benchmark_stats = NgramIndex.build(texts, ctx.registry, settings)
+    reads = read_configured(d.benchmarks, ctx.cfg, ctx.registry, "decontam.benchmarks")
+    index, benchmark_stats = NgramIndex.build(
+        benchmark_texts([item for read in reads for item in read.items]), ctx.registry, settings
+    )
+    for read in reads:
+        benchmark_stats.setdefault(read.name, {"items": 0, "texts": 0, "too_short": 0, "ngrams": 0})
+        benchmark_stats[read.name].update(read.summary())
+        print(console_line(read))
     summary: dict = {
         "ngram_words": d.ngram_words,
         "ngram_chars": d.ngram_chars,

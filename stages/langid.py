@@ -31,6 +31,11 @@ def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -
         common_word_margin=cfg.common_word_margin,
         min_words_for_common_words=cfg.min_words_for_common_words,
         min_chars=cfg.min_chars,
+        short_text_chars=cfg.short_text_chars,
+        short_contradiction=cfg.short_contradiction,
+        short_margin=cfg.short_margin,
+        short_min_words=cfg.short_min_words,
+        common_word_support=cfg.common_word_support,
     )
     model_path = resolve(cfg.model_path) if cfg.model_path else None
     return LanguageVerifier(registry, cfg.model, model_path, thresholds, k=cfg.top_k)

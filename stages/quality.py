@@ -35,7 +35,7 @@ from pipeline.record_io import (
 from pipeline.schema import QUALITY_SIGNALS
 from pipeline.text import medical_classifier as mc
 from pipeline.text.pii import scrub
-from pipeline.text.quality_signals import LanguageRules, assess, load_language_rules
+from pipeline.text.quality_signals import HEURISTIC_TYPES, LanguageRules, assess, load_language_rules
 from pipeline.text.segment import segment
 
 SIGNAL_NAMES = tuple(name for name, _ in QUALITY_SIGNALS)
@@ -152,11 +152,13 @@ class QualityFilter(RecordFilter):
         seed: int,
         gates: dict[str, float] | None = None,
         gate_model_dir: Path | None = None,
+        heuristic_types: tuple[str, ...] = HEURISTIC_TYPES,
     ):
         super().__init__(quarantine_dir, stage)
         self.gates = gates or {}
         self.gate_model_dir = gate_model_dir
         self._gate_scorer = None
+        self.heuristic_types = frozenset(heuristic_types)
         self.rules = rules
         self.thresholds = thresholds
         self.min_words = min_words
@@ -209,6 +211,7 @@ class QualityFilter(RecordFilter):
                 _by_type(self.min_words, source_type),
                 medical_score,
                 _by_type(self.medical_weight, source_type),
+                heuristics=source_type in self.heuristic_types,
             )
             doc.metadata["quality_signals"] = {name: result.signals.get(name) for name in SIGNAL_NAMES}
             doc.metadata["quality_score"] = result.score
@@ -269,6 +272,7 @@ def run(ctx: StageContext) -> dict:
             cfg.run.seed,
             gates,
             gate_model_dir,
+            tuple(q.heuristic_types),
         ),
         RecordWriter(ctx.output_dir),
     ]

@@ -101,3 +101,17 @@ def test_extract_benchmark_smoke(tmp_path, shared_data):
         "warc": 16, "html": 1, "pdf": 1, "jats": 1, "medline": 2, "mediawiki": 5, "docx": 1, "epub": 1,
     }  # fmt: skip
     assert results["commit"] and results["command"].startswith("bench/bench_extract.py")
+
+
+def test_eval_batching_benchmark_smoke(tmp_path, shared_data):
+    stdout, results = _run_bench(
+        "bench_eval_batching.py",
+        ["--docs", "6", "--questions", "4", "--repeats", "1", "--max-tokens", "128"],
+        tmp_path / "eval_batching.json",
+    )
+    assert "length batches (after)" in stdout
+    assert results["same_valid_loss"] and results["same_predictions"]
+    before, after = results["rows"]["random batches (before)"], results["rows"]["length batches (after)"]
+    assert after["valid_padded_tokens"] <= before["valid_padded_tokens"]
+    assert after["loglik_padded_tokens"] <= before["loglik_padded_tokens"]
+    assert results["documents"] == 6 and results["questions"] == 4 and results["commit"]

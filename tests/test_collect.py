@@ -22,7 +22,7 @@ from pipeline.dag import run_stage
 from pipeline.readers import REJECT_REASONS
 from pipeline.record_io import list_parquet
 from pipeline.schema import RECORD_SCHEMA, stable_id
-from pipeline.text.normalize import answer_letter, normalize_text, parse_options, render_messages
+from pipeline.text.normalize import normalize_text, render_messages
 
 EN = "Hand washing with soap removes most pathogens from the skin."
 FR = "Le lavage des mains au savon élimine la plupart des agents pathogènes."
@@ -78,26 +78,19 @@ def test_normalize_text_does_nfc_newlines_and_control_characters_only():
     assert normalize_text(raw) == "Café\nline two\nline three\ntab\there end  \u200b"
 
 
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        (["Aspirin", "Heparin", "Warfarin"], ["Aspirin", "Heparin", "Warfarin"]),
-        (["A. Aspirin", "B) Heparin", "(C) Warfarin"], ["Aspirin", "Heparin", "Warfarin"]),
-        ({"B": "Heparin", "A": "Aspirin", "C": "Warfarin"}, ["Aspirin", "Heparin", "Warfarin"]),
-        ("(A) Aspirin\n(B) Heparin\n(C) Warfarin", ["Aspirin", "Heparin", "Warfarin"]),
-        ("(A) Aspirin (B) Heparin (C) Warfarin", ["Aspirin", "Heparin", "Warfarin"]),
-        ("（A）阿司匹林\n（B）肝素", ["阿司匹林", "肝素"]),
-    ],
-)
-def test_parse_options_accepts_the_common_shapes(options, expected):
-    assert parse_options(options) == expected
-
-
-@pytest.mark.parametrize(
-    ("answer", "letter"), [("C", "C"), ("(C)", "C"), ("c.", "C"), (2, "C"), ("Warfarin", "C")]
-)
-def test_answer_letter(answer, letter):
-    assert answer_letter(answer, ["Aspirin", "Heparin", "Warfarin"]) == letter
+def test_bidi_overrides_are_removed_and_joiners_kept():
+    """Embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) go; the zero-width joiner and
+    non-joiner inside Indic and Persian-script words, and the bidi marks, stay."""
+    overrides = "".join(chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+    assert normalize_text(f"dose{overrides} 5 mg") == "dose 5 mg"
+    trojan = "access = \u202euser\u2066 // admin\u2069\u2066"
+    assert normalize_text(trojan) == "access = user // admin"
+    persian = "می\u200cخواهم"  # ZWNJ between the prefix and the verb
+    malayalam = "ന്\u200d"  # ZWJ forming a chillu
+    hindi = "क्\u200dष"  # ZWJ in a conjunct
+    marks = "\u200fשלום\u200e abc"  # RLM, LRM
+    for text in (persian, malayalam, hindi, marks):
+        assert normalize_text(text) == text
 
 
 # ---- formats -------------------------------------------------------------------------------------------
@@ -599,6 +592,56 @@ def test_demo_finds_every_planted_item_and_rejects_exactly_the_broken_lines(demo
     assert summary["quarantined_by_reason"] == {reason: 1 for _, _, reason in expected}
     forum = [r for r in records if r["source"] == "forum_posts"]
     assert sorted(r["language"] for r in forum) == ["en", "es"]  # `EN-us` mapped to en
+
+
+def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
+    """Language ID and quality as the stages run them (demo config) on the collected sample: every
+    planted junk page and mislabelled record is removed, and under 1% of the other records."""
+    from datatrove.data import Document
+
+    from pipeline.registry import load_registry
+    from pipeline.text.normalize import content_text
+    from pipeline.text.quality_signals import load_language_rules
+    from stages.langid import make_verifier
+    from stages.quality import QualityFilter
+
+    records, _, _ = demo
+    cfg, registry = load_config(ROOT / "configs" / "demo.yaml"), load_registry()
+    verdicts = make_verifier(cfg.langid, registry).verify_batch(
+        [content_text(r["text"], r["messages"], r["exam"]) for r in records], [r["language"] for r in records]
+    )
+    q = cfg.quality
+    quality = QualityFilter(
+        "unused",
+        "quality",
+        load_language_rules(registry, q.rules),
+        dict(q.thresholds),
+        dict(q.min_words),
+        dict(q.medical_weight),
+        None,
+        0,
+        heuristic_types=tuple(q.heuristic_types),
+    )
+    docs = [
+        Document(
+            r["text"],
+            r["id"],
+            metadata={"language": r["language"], "source": r["source"], "source_type": r["source_type"]},
+        )
+        for r in records
+    ]
+    removed = {
+        r["id"]
+        for r, v, rejection in zip(records, verdicts, quality.check_batch(docs), strict=True)
+        if not v.keep or rejection is not None
+    }
+    planted = {
+        p["record_id"]
+        for p in json.loads((SAMPLE / "planted.json").read_text())
+        if p["kind"] in ("junk", "wrong_language")
+    }
+    assert len(planted) == 12 and planted <= removed
+    assert len(removed - planted) < 0.01 * len(records), removed - planted
 
 
 def test_example_config_documents_every_source_and_collect_option():

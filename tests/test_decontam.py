@@ -8,9 +8,10 @@ import json
 import pytest
 from conftest import fake_upstream, record
 
+from pipeline.benchmarks import BenchmarkError, read_benchmark
 from pipeline.dag import run_stage
 from pipeline.record_io import list_parquet, read_records
-from pipeline.text.ngram_index import BenchmarkError, IndexSettings, NgramIndex, read_benchmark
+from pipeline.text.ngram_index import IndexSettings, NgramIndex, benchmark_texts
 from pipeline.text.segment import segment
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}
@@ -76,13 +77,22 @@ def _write_benchmark(path, items):
     return path
 
 
+def _texts(name, path, registry, fmt="xmedbench"):
+    return benchmark_texts(read_benchmark(name, path, fmt, registry).items)
+
+
+YES_NO = {"options": "(A) yes\n(B) no", "answer": "(A)"}
+
+
 def _ids(directory):
     return {r["id"]: r for p in list_parquet(directory) for r in read_records(p)}
 
 
 def test_copies_found_and_nothing_else_removed(tmp_path, write_config):
     bench = _write_benchmark(tmp_path / "mine.jsonl", ITEMS)
-    _, cfg = write_config({**SERIAL, "decontam": {"benchmarks": [{"name": "mine", "path": str(bench)}]}})
+    _, cfg = write_config(
+        {**SERIAL, "decontam": {"benchmarks": [{"name": "mine", "path": str(bench), "format": "xmedbench"}]}}
+    )
     fake_upstream(tmp_path, "quality", CLEAN + COPIES)
     summary = run_stage("decontam", cfg, tmp_path)
 
@@ -112,8 +122,8 @@ def test_character_ngrams_for_unsegmented_scripts(tmp_path, registry):
     long_item = (
         "临床上" + "高血压患者长期服用血管紧张素转换酶抑制剂后出现持续性干咳的机制主要是缓激肽降解减少" * 2
     )
-    path = _write_benchmark(tmp_path / "b.jsonl", [{"lang": "zh", "question": long_item}])
-    index, _ = NgramIndex.build(read_benchmark("b", path, registry), registry, IndexSettings(13, 50, 10, 20))
+    path = _write_benchmark(tmp_path / "b.jsonl", [{"lang": "zh", "question": long_item, **YES_NO}])
+    index, _ = NgramIndex.build(_texts("b", path, registry), registry, IndexSettings(13, 50, 10, 20))
     assert index.lengths == {"space": [], "char": [50]}
     inside = segment("前言：" + long_item[5:55] + "。以上。", "char")
     assert index.find(inside, "char") is not None
@@ -122,8 +132,8 @@ def test_character_ngrams_for_unsegmented_scripts(tmp_path, registry):
 
 def test_batched_lookup_equals_one_by_one_and_never_matches_across_documents(tmp_path, registry):
     question = "which drug is the first line treatment for uncomplicated falciparum malaria in adults today"
-    path = _write_benchmark(tmp_path / "b.jsonl", [{"lang": "en", "question": question}])
-    index, _ = NgramIndex.build(read_benchmark("b", path, registry), registry, IndexSettings(13, 50, 10, 20))
+    path = _write_benchmark(tmp_path / "b.jsonl", [{"lang": "en", "question": question, **YES_NO}])
+    index, _ = NgramIndex.build(_texts("b", path, registry), registry, IndexSettings(13, 50, 10, 20))
     words = question.split()
     documents = [
         "an unrelated sentence about fever " + question + " and more",  # a copy
@@ -161,7 +171,12 @@ def test_xmedbench_copies_found_in_real_text(tmp_path, write_config, shared_data
         for k, (lang, item) in enumerate(pick.items())
     ]
     _, cfg = write_config(
-        {**SERIAL, "decontam": {"benchmarks": [{"name": "xmedbench_dev", "path": str(bench)}]}}
+        {
+            **SERIAL,
+            "decontam": {
+                "benchmarks": [{"name": "xmedbench_dev", "path": str(bench), "format": "xmedbench"}]
+            },
+        }
     )
     fake_upstream(tmp_path, "quality", clean + copies)
     summary = run_stage("decontam", cfg, tmp_path)
@@ -172,19 +187,60 @@ def test_xmedbench_copies_found_in_real_text(tmp_path, write_config, shared_data
     assert summary["benchmarks"]["xmedbench_dev"]["items"] == len(items)
 
 
-def test_bad_benchmark_file_names_file_line_and_reason(tmp_path, registry):
+def test_bad_benchmark_rows_are_rejected_with_line_and_reason(tmp_path, registry, write_config):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "ok question text here", "lang": "en"}\n{not json\n')
-    with pytest.raises(BenchmarkError, match=r"bad\.jsonl:2: not valid JSON"):
-        read_benchmark("bad", path, registry)
-    path.write_text('{"question": "", "lang": "en"}\n')
-    with pytest.raises(BenchmarkError, match=r"bad\.jsonl:1: missing or empty 'question'"):
-        read_benchmark("bad", path, registry)
-    path.write_text('{"question": "What is it?", "lang": "xx-unknown"}\n')
-    with pytest.raises(BenchmarkError, match=r"bad\.jsonl:1: unknown language code"):
-        read_benchmark("bad", path, registry)
+    good = {"question": "A good question here?", "lang": "en", **YES_NO}
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                "{not json",
+                json.dumps({**good, "question": ""}),
+                json.dumps({**good, "lang": "xx-unknown"}),
+            ]
+        )
+        + "\n"
+    )
+    read = read_benchmark("bad", path, "xmedbench", registry)
+    assert len(read.items) == 1
+    assert [(r.line, r.reason) for r in read.rejected] == [
+        (2, "malformed_json"),
+        (3, "missing_question"),
+        (4, "unknown_language"),
+    ]
     with pytest.raises(BenchmarkError, match="not found"):
-        read_benchmark("missing", tmp_path / "missing.jsonl", registry)
+        read_benchmark("missing", tmp_path / "missing.jsonl", "xmedbench", registry)
+
+    # a benchmark with no usable question stops the stage, naming the file and the reason
+    path.write_text("{not json\n")
+    _, cfg = write_config(
+        {**SERIAL, "decontam": {"benchmarks": [{"name": "bad", "path": str(path), "format": "xmedbench"}]}}
+    )
+    fake_upstream(tmp_path, "quality", CLEAN)
+    with pytest.raises(
+        BenchmarkError,
+        match=r"bad\.jsonl: benchmark 'bad' .* no usable question: 1 of 1 rows rejected as 'malformed_json'",
+    ):
+        run_stage("decontam", cfg, tmp_path)
+    # ... unless it is optional
+    _, cfg = write_config(
+        {
+            **SERIAL,
+            "decontam": {
+                "benchmarks": [{"name": "bad", "path": str(path), "format": "xmedbench", "optional": True}]
+            },
+        }
+    )
+    summary = run_stage("decontam", cfg, tmp_path)
+    assert summary["benchmarks"]["bad"]["rejected"] == {"malformed_json": 1}
+
+
+def test_a_benchmark_without_format_is_an_error_that_suggests_one(tmp_path, write_config, shared_data):
+    bench = shared_data / "benchmarks" / "medqa_usmle_test.jsonl"
+    _, cfg = write_config({**SERIAL, "decontam": {"benchmarks": [{"name": "medqa", "path": str(bench)}]}})
+    fake_upstream(tmp_path, "quality", CLEAN)
+    with pytest.raises(BenchmarkError, match="names no format:; the file looks like format: mcq_dict"):
+        run_stage("decontam", cfg, tmp_path)
 
 
 def test_no_benchmarks_passes_everything_with_a_warning(tmp_path, write_config):
@@ -199,7 +255,7 @@ def test_sample_benchmark_copies_found_and_nothing_else(registry):
     """The embedded sample's planted copies of benchmark/medqa_sample.jsonl, and only those."""
     from helpers.sample_texts import SAMPLE, planted, sample_texts
 
-    texts = read_benchmark("medqa_sample", SAMPLE / "benchmark" / "medqa_sample.jsonl", registry)
+    texts = _texts("medqa_sample", SAMPLE / "benchmark" / "medqa_sample.jsonl", registry)
     index, _ = NgramIndex.build(texts, registry, IndexSettings(13, 50, 10, 20))
     found = {}
     for sample_id, language, text in sample_texts():

@@ -11,25 +11,20 @@ import pytest
 import torch
 from helpers.eval_helpers import make_tiny_moe, tico_shards
 
+from moe_train.eval.apollomoe import TEMPLATES, ApolloMoEProtocol
 from moe_train.eval.inference import load_model
-from moe_train.eval.mcq import (
-    PROMPT_TEMPLATES,
-    ChatFormat,
-    MCQItem,
-    build_prompt,
-    extract_answer,
-    scoring_prefix,
-)
+from moe_train.eval.mcq import ChatTokens, MedbabelProtocol, build_prompt
 from moe_train.eval.qa_eval import (
     FirstLineComplete,
+    answer_choices,
     greedy_generate,
-    letter_token_id,
     score_generate,
     score_loglik,
 )
 from moe_train.eval.routing_analysis import RoutingStats, balance_summary, js_divergence, routed_layers
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.loss import IGNORE_INDEX
+from pipeline.benchmarks import BenchmarkItem, canonical_letter
 
 pytestmark = pytest.mark.slow  # trains or runs a model: not in `make test-fast`
 
@@ -42,53 +37,57 @@ def tiny(tmp_path_factory):
     return load_model(path, torch.device("cpu"), torch.float32)
 
 
-def _items(n: int, language: str = "en") -> list[MCQItem]:
+PROTOCOLS = [ApolloMoEProtocol(), MedbabelProtocol()]
+
+
+def _items(n: int, language: str = "en", letters: str = "ABCD") -> list[BenchmarkItem]:
     return [
-        MCQItem(
+        BenchmarkItem(
             f"q{i}",
             "b",
             "s",
             language,
             "What is the cause? " * (1 + 3 * i),
-            tuple((letter, f"option {letter} {i}") for letter in "ABCD"),
-            "ABCD"[i % 4],
+            tuple((letter, f"option {letter} {i}") for letter in letters),
+            (canonical_letter(letters[i % len(letters)]),),
         )
         for i in range(n)
     ]
 
 
-def _prompts(items):
-    chat = ChatFormat(CHAT_TEMPLATE)
-    return [build_prompt(item, [other for other in items if other is not item][:2], chat) for item in items]
+def _prompts(items, tokenizer, protocol=PROTOCOLS[0]):
+    chat = ChatTokens(tokenizer, CHAT_TEMPLATE)
+    return [
+        build_prompt(item, [other for other in items if other is not item][:2], protocol, chat)
+        for item in items
+    ]
 
 
-@pytest.mark.parametrize("language", sorted(PROMPT_TEMPLATES))
-def test_option_letter_is_its_own_token_after_the_answer_lead(tiny, language):
-    """The loglik mode reads one next-token distribution; that is only the letter's probability if
-    the context tokenises the same alone as inside "... (C).", for every template."""
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("language", sorted(TEMPLATES))
+def test_options_part_at_one_token_of_the_answer_as_training_tokenises_it(tiny, protocol, language):
+    """The loglik mode reads one next-token distribution: the options' answers, tokenised alone as a
+    training answer is, share a lead and then differ in one token ("C", or "(C" where merged)."""
     _, tokenizer = tiny
-    item = _items(1, language)[0]
-    context = _prompts([item, *_items(2, language)[1:]])[0].text + scoring_prefix(item)
-    alone = tokenizer(context, add_special_tokens=False)["input_ids"]
-    for letter in "ABCDE":
-        joint = tokenizer(context + f"{letter}).", add_special_tokens=False)["input_ids"]
-        assert joint[: len(alone)] == alone
-        assert joint[len(alone)] == letter_token_id(tokenizer, letter)
-    for arabic in "أبجده":
-        letter_token_id(tokenizer, arabic)  # single tokens, so Arabic-lettered options can be scored
+    for letters in ("ABCDE", "أبجده"):
+        item = _items(1, language, letters)[0]
+        lead, parting = answer_choices(tokenizer, protocol, item)
+        for (label, _), token in zip(item.options, parting, strict=True):
+            answer = tokenizer(protocol.answer_text(item, label), add_special_tokens=False)["input_ids"]
+            assert answer[: len(lead) + 1] == [*lead, token]
 
 
 def test_loglik_matches_unbatched_forward_and_picks_the_argmax(tiny):
     model, tokenizer = tiny
-    prompts = _prompts(_items(3))
-    predictions = score_loglik(model, tokenizer, prompts, batch_size=2)
+    protocol = PROTOCOLS[0]
+    prompts = _prompts(_items(3), tokenizer)
+    predictions = score_loglik(model, tokenizer, prompts, protocol, batch_size=2)
     for prompt, prediction in zip(prompts, predictions, strict=True):
-        ids = tokenizer(
-            prompt.text + scoring_prefix(prompt.item), add_special_tokens=False, return_tensors="pt"
-        )
+        lead, parting = answer_choices(tokenizer, protocol, prompt.item)
+        ids = torch.tensor([[*prompt.ids, *lead]])
         with torch.no_grad():
-            reference = torch.log_softmax(model(**ids).logits[0, -1].float(), dim=-1)
-        expected = {letter: reference[letter_token_id(tokenizer, letter)].item() for letter in "ABCD"}
+            reference = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
+        expected = {letter: reference[token].item() for letter, token in zip("ABCD", parting, strict=True)}
         scores = json.loads(prediction.output)
         assert scores == pytest.approx(expected, abs=1e-3)
         assert prediction.predicted == max(expected, key=expected.get)
@@ -97,11 +96,14 @@ def test_loglik_matches_unbatched_forward_and_picks_the_argmax(tiny):
 
 def test_generation_is_batch_invariant_and_stops_after_the_first_line(tiny):
     model, tokenizer = tiny
-    prompts = _prompts(_items(3))
-    single = greedy_generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=8, batch_size=1)
-    predictions = score_generate(model, tokenizer, prompts, batch_size=3, max_new_tokens=8)
+    protocol = PROTOCOLS[1]
+    prompts = _prompts(_items(3), tokenizer, protocol)
+    single = greedy_generate(model, tokenizer, [list(p.ids) for p in prompts], max_new_tokens=8, batch_size=1)
+    predictions = score_generate(model, tokenizer, prompts, protocol, batch_size=3, max_new_tokens=8)
     assert [p.output for p in predictions] == single
-    assert [p.predicted for p in predictions] == [extract_answer(t) for t in single]
+    assert [p.predicted for p in predictions] == [
+        protocol.extract(t, p.item) for t, p in zip(single, prompts, strict=True)
+    ]
     for text in single:
         first_line = re.match(r"^\s*\S[^\n]*\n", text)
         assert first_line is None or text[first_line.end() :].strip() == ""
@@ -209,6 +211,9 @@ def test_routing_stats_on_known_router_logits():
     summary = stats.to_json(["a", "b", "c", "d"])
     assert summary["expert_share"]["5"]["en"] == {"a": 0.5, "b": 0.5, "c": 0.0, "d": 0.0}
     assert summary["agreement_overall"] == {"5": pytest.approx(1 / 3), "6": pytest.approx(1 / 3)}
+    # a language-blind router's agreement: the family expert's share of top-k slots x k, per language
+    np.testing.assert_allclose(stats.blind_agreement(), [[1 / 3, 2 / 3], [1 / 3, 0.0]])
+    assert summary["blind_agreement"]["6"] == {"en": pytest.approx(2 / 3), "sw": 0.0}
 
 
 def test_js_divergence_and_balance_summaries():

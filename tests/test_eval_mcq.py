@@ -1,33 +1,89 @@
-"""The QA protocol without a model: option parsing, benchmark loading, prompts, answer extraction,
-aggregation."""
+"""The QA protocols without a model: prompts (tokenised as training tokenises a chat turn), answer
+extraction (the original ApolloMoE rule and medbabel's), aggregation."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import re
-
 import pytest
-from helpers.eval_helpers import XMED
 
+from moe_train.data import DocumentTokenizer
+from moe_train.eval import apollomoe
+from moe_train.eval.apollomoe import ApolloMoEProtocol, language_accuracy
 from moe_train.eval.mcq import (
     PROMPT_TEMPLATES,
-    BenchmarkError,
-    ChatFormat,
-    MCQItem,
+    ChatTokens,
+    MedbabelProtocol,
     Prediction,
     aggregate,
     build_prompt,
-    canonical_letter,
     extract_answer,
-    load_benchmark,
+    extract_letters,
     markdown_tables,
-    parse_options,
     select_shots,
     template_for,
 )
+from pipeline.benchmarks import BenchmarkItem
+from pipeline.text.tokenizer import load_tokenizer
 
-CHAT = ChatFormat("User:{q}\nAssistant:{a}<|endoftext|>")
+CHAT_TEMPLATE = "User:{q}\nAssistant:{a}<|endoftext|>"
+APOLLO, MEDBABEL = ApolloMoEProtocol(), MedbabelProtocol()
+
+
+# Answer strings and what the original `extract_and_choose_answer` (ApolloMoE src/eval/eval_qwen2.py)
+# returns for them, worked out from its code: strict (X) letters, Arabic letters counted once each
+# (C is س or ك), then any capital A-F on the line, then "Yes." / "No.".
+APOLLOMOE_EXTRACTION = [
+    ("The correct answer is (C).", "C"),
+    ("(c)", "C"),  # lower case in parentheses is upper-cased
+    ("（B）肺炎", "B"),  # full-width parentheses
+    ("（Ｂ）肺炎", None),  # ... but a full-width letter is no letter at all
+    ("(B）mixed widths", "B"),
+    ("\n\n(D) first line\n(A) second line", "D"),  # the first line that is not ""
+    ("   \n(B)", None),  # a line of spaces is that first line
+    ("(A) or (B)", "A"),  # a tie goes to the letter counted first
+    ("(B) is tempting, but (A) fits; so (A)", "A"),  # the most votes win
+    ("The answer is C, not (D)", "D"),  # a parenthesised letter beats bare ones
+    ("Answer: C", "A"),  # no (X): every capital A-F counts, the A of "Answer" first
+    ("Based on the findings, C", "B"),
+    ("Based on the findings, (C)", "C"),
+    ("答案是C。", "C"),
+    ("Because of hypoxia", "B"),  # capitals inside words count
+    ("I think so", None),
+    ("Yes.", "A"),
+    ("No.", "B"),
+    ("Yes", None),  # only the exact strings "Yes." and "No."
+    ("yes.", None),
+    ("The correct answer is (G).", None),  # outside A-F
+    ("(E)", "E"),
+    ("(F)", "F"),
+    ("الإجابة الصحيحة هي (ج).", None),  # jim is not the original's C
+    ("(س)", "C"),  # sin is
+    ("(ك)", "C"),  # and so is kaf
+    ("د) الخيار الرابع", "D"),  # a parenthesis on one side is enough
+    ("(أ) و (ب)", "A"),
+    ("(ب) (ب) (أ)", "A"),  # an Arabic letter votes once however often it appears; A is counted first
+    ("(A) (ب) (ب)", "A"),
+    ("(هـ)", None),  # no Arabic E
+    ("ب", None),  # a bare Arabic letter does not count
+    ("(بسبب المرض)", "B"),  # "(ب" opening a word does
+    ("DNA damage is (a)", "A"),
+    ("\n\n", None),
+    ("", None),
+    ("(A)(B)(B)(C)", "B"),
+    ("(D).\nThe correct answer is (A).", "D"),
+    ("((C))", "C"),
+    ("(AB)", "A"),  # not a parenthesised letter: the bare capitals tie, A first
+    ("Yes.\n(B)", "A"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), APOLLOMOE_EXTRACTION)
+def test_apollomoe_extraction_matches_the_original(text, expected):
+    assert apollomoe.extract_answer(text) == expected
+
+
+def test_the_extraction_table_is_big_enough_to_mean_something():
+    assert len(APOLLOMOE_EXTRACTION) >= 30
+    assert sum(apollomoe.extract_answer(t) != extract_answer(t) for t, _ in APOLLOMOE_EXTRACTION) >= 8
 
 
 @pytest.mark.parametrize(
@@ -57,109 +113,58 @@ CHAT = ChatFormat("User:{q}\nAssistant:{a}<|endoftext|>")
         ("\n\n", None),
     ],
 )
-def test_extract_answer_follows_the_paper_rule(text, expected):
+def test_medbabel_extraction(text, expected):
     assert extract_answer(text) == expected
 
 
-def test_parse_options_handles_widths_continuations_and_arabic_labels():
-    assert parse_options("(A) foo\n(B) bar\n  continued\n（C） qux") == (
-        ("A", "foo"),
-        ("B", "bar continued"),
-        ("C", "qux"),
-    )
-    assert [canonical_letter(label) for label, _ in parse_options("(أ) واحد\n(ب) اثنان\n(ج) ثلاثة")] == [
-        "A",
-        "B",
-        "C",
-    ]
-    with pytest.raises(ValueError, match="before the first"):
-        parse_options("stray text\n(A) foo")
+def test_medbabel_reads_a_set_for_multi_answer_questions():
+    assert extract_letters("The correct answers are (A) (C) and (E).") == "A,C,E"
+    assert extract_letters("(ب) و (د)") == "B,D"
+    assert extract_letters("A and C") == "A,C"
+    assert extract_letters("none") is None
 
 
-def _write_jsonl(path, rows):
-    path.write_text(
-        "\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
-    )
-    return path
-
-
-def test_load_benchmark_rejects_bad_rows_with_line_and_reason(tmp_path, registry):
-    good = {
-        "id": "q1",
-        "question": "Q?",
-        "options": "(A) a\n(B) b",
-        "answer": "(B)",
-        "language": "sw",
-        "source": "s",
-    }
-    path = _write_jsonl(
-        tmp_path / "bench.jsonl",
-        [
-            good,
-            "{not json",
-            {**good, "id": "q2", "question": ""},
-            {**good, "id": "q3", "answer": "(E)"},
-            {**good, "id": "q4", "language": "xx-unknown"},
-            {**good},  # duplicate id
-            "[1, 2]",
-            {
-                "id": "q5",
-                "question": "Q?",
-                "options": "(أ) نعم\n(ب) لا",
-                "answer": "(ب)",
-            },  # language from the config
-            {**good, "id": "q6", "options": "(A) only one"},
-        ],
-    )
-    items, rejects = load_benchmark(path, "bench", registry, language="ar")
-    assert [i.id for i in items] == ["q1", "q5"]
-    assert items[0].language == "sw" and items[0].answer == "B" and items[0].source == "s"
-    assert items[1].language == "ar" and items[1].answer == "B" and items[1].answer_label == "ب"
-    assert [(r.line, r.reason) for r in rejects] == [
-        (2, "malformed_json"),
-        (3, "missing_question"),
-        (4, "bad_answer"),
-        (5, "unknown_language"),
-        (6, "duplicate_id"),
-        (7, "not_an_object"),
-        (9, "bad_options"),
-    ]
-    assert all(r.file == str(path) for r in rejects)
-    with pytest.raises(BenchmarkError, match="file not found"):
-        load_benchmark(tmp_path / "missing.jsonl", "missing", registry)
-
-
-def test_load_benchmark_on_the_xmedbench_dev_questions(shared_data, registry):
-    path = shared_data / XMED
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        raw = [json.loads(line) for line in fh]
-    multi_answer = [r for r in raw if len(re.findall(r"[A-Z]", r["answer"])) > 1]
-    items, rejects = load_benchmark(path, "xmedbench", registry)
-    assert len(items) + len(rejects) == len(raw)
-    assert len(rejects) == len(multi_answer) and {r.reason for r in rejects} <= {"bad_answer"}
-    assert {i.language for i in items} == {r["lang"] for r in raw}
-    assert all(i.answer in i.letters for i in items)
-
-
-def test_every_major_language_has_a_template_and_minor_ones_use_english(registry):
-    assert set(PROMPT_TEMPLATES) == set(registry.major())
-    for code in registry.minor():
-        assert template_for(code) is PROMPT_TEMPLATES["en"]
-    for template in PROMPT_TEMPLATES.values():
-        assert "{first}" in template.instruction and "{last}" in template.instruction
-
-
-def _item(i, source="s", language="en", answer="A", n_options=4):
+def _item(i, source="s", language="en", answers=("A",), n_options=4, context=""):
     letters = "ABCDE"[:n_options]
-    return MCQItem(
+    return BenchmarkItem(
         f"{source}-{i}",
         "bench",
         source,
         language,
         f"Question {i}?",
         tuple((letter, f"option {letter}{i}") for letter in letters),
-        answer,
+        tuple(answers),
+        context,
     )
+
+
+def test_every_major_language_has_a_template_and_minor_ones_use_english(registry):
+    assert set(PROMPT_TEMPLATES) == set(registry.major()) == set(apollomoe.TEMPLATES)
+    for code in registry.minor():
+        assert template_for(code) is PROMPT_TEMPLATES["en"]
+        assert APOLLO.user_message(_item(0, language=code)).startswith("You are a medical doctor")
+    for template in PROMPT_TEMPLATES.values():
+        assert "{first}" in template.instruction and "{last}" in template.instruction
+
+
+def test_apollomoe_prompts_are_the_originals():
+    item = _item(0, language="en")
+    assert APOLLO.user_message(item) == (
+        "You are a medical doctor answering real-world medical exam questions. Select one correct answer "
+        "from A to D.\nQuestion: Question 0?\nOptions:\n(A) option A0\n(B) option B0\n(C) option C0\n(D) option D0"
+    )
+    assert APOLLO.answer_text(_item(0, answers=("C",))) == "The correct answer is (C)."
+    assert APOLLO.answer_text(_item(0, language="ar", answers=("B",))) == "(B)الإجابة الصحيحة هي."
+    assert APOLLO.answer_text(_item(0, language="hi")) == "सही उत्तर है(A)."
+    assert APOLLO.answer_text(_item(0, language="de"), "D") == "Die richtige Antwort ist(D)."
+    pubmed = _item(0, context="Some abstract.")
+    assert APOLLO.user_message(pubmed).startswith(
+        "You are a medical doctor answering real-world medical exam questions.\nContext: Some abstract. \nQuestion:"
+    )
+    assert APOLLO.user_message(pubmed, as_shot=True).startswith(
+        "You are a medical doctor answering real-world medical exam questions. \n"
+    )
+    assert APOLLO.max_new_tokens == 256 and MEDBABEL.max_new_tokens == 32
 
 
 def test_shots_come_from_the_same_source_with_a_fixed_seed():
@@ -176,52 +181,123 @@ def test_shots_come_from_the_same_source_with_a_fixed_seed():
     assert {s.language for s in select_shots(mixed[5], mixed, 3, seed=0)} == {"zh"}
 
 
-def test_prompt_uses_the_language_template_and_drops_shots_to_fit():
-    pool = [_item(i, language="fr", answer="BCDA"[i % 4]) for i in range(6)]
-    item, shots = pool[0], pool[1:4]
-    prompt = build_prompt(item, shots, CHAT)
-    assert prompt.shots == 3
-    assert prompt.text.startswith("User:Vous êtes médecin")
-    assert prompt.text.endswith("(D) option D0\nAssistant:")
-    assert prompt.text.count("<|endoftext|>\n") == 3
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.mark.parametrize("protocol", [APOLLO, MEDBABEL], ids=lambda p: p.name)
+def test_solved_examples_are_tokenised_exactly_as_training_tokenises_a_chat_turn(tokenizer, protocol):
+    pool = [_item(i, answers=("BCDA"[i % 4],)) for i in range(4)]
+    item, shots = pool[0], pool[1:]
+    prompt = build_prompt(item, shots, protocol, ChatTokens(tokenizer, CHAT_TEMPLATE))
+    training = DocumentTokenizer(tokenizer, CHAT_TEMPLATE)
+    separator = tokenizer(protocol.shot_separator, add_special_tokens=False)["input_ids"]
+    expected = []
     for shot in shots:
-        assert f"Question: {shot.question}" in prompt.text
-        assert f"Assistant:La bonne réponse est ({shot.answer}).<|endoftext|>" in prompt.text
-    assert "de A à D" in prompt.text
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": protocol.user_message(shot, as_shot=True)},
+                    {"role": "assistant", "content": protocol.answer_text(shot)},
+                ],
+                "language": "en",
+            }
+        ]
+        expected += training.documents(rows)[0].tokens + separator
+    expected += training.chat_ids(protocol.user_message(item))
+    assert list(prompt.ids) == expected and prompt.shots == 3
+    # tokenising the prompt as one string, as the original does, merges ":" and "The" (one token)
+    merged = tokenizer.convert_tokens_to_ids(":The")
+    if protocol is APOLLO:
+        assert merged in tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+    assert merged not in prompt.ids
+    assert prompt.text.endswith("(D) option D0\nAssistant:")
 
-    def words(text):
-        return len(text.split())
 
-    budget = words(build_prompt(item, shots[:1], CHAT).text)
-    trimmed = build_prompt(item, shots, CHAT, words, budget)
-    assert trimmed.shots == 1 and trimmed.text == build_prompt(item, shots[:1], CHAT).text
-    assert build_prompt(item, shots, CHAT, words, 1).shots == 0  # the question itself is always kept
-    with pytest.raises(ValueError, match="chat template"):
-        ChatFormat("Assistant:{a} User:{q}")
+def test_prompts_drop_shots_to_fit_tokens_and_apollomoe_counts_characters(tokenizer):
+    chat = ChatTokens(tokenizer, CHAT_TEMPLATE)
+    pool = [_item(i) for i in range(4)]
+    full = build_prompt(pool[0], pool[1:], MEDBABEL, chat)
+    one = build_prompt(pool[0], pool[1:2], MEDBABEL, chat)
+    assert build_prompt(pool[0], pool[1:], MEDBABEL, chat, max_tokens=len(one.ids)).ids == one.ids
+    assert build_prompt(pool[0], pool[1:], MEDBABEL, chat, max_tokens=1).shots == 0  # the question stays
+    assert full.shots == 3
+    long_shots = [
+        BenchmarkItem(f"l{i}", "b", "s", "en", "x " * 1500, pool[0].options, ("A",)) for i in range(3)
+    ]
+    assert build_prompt(pool[0], long_shots, APOLLO, chat).shots == 1  # 4,096 characters hold one
 
 
-def _prediction(source, language, correct, predicted="A"):
-    return Prediction("x", "bench", source, language, "loglik", "A" if correct else "B", predicted, 3)
+def _prediction(source, language, correct, predicted="A", multi=False):
+    answer = "A" if correct else "B"
+    return Prediction(
+        "x",
+        "bench",
+        source,
+        language,
+        "loglik",
+        answer,
+        predicted,
+        3,
+        correct=correct and predicted is not None,
+        multi=multi,
+    )
 
 
-def test_aggregate_macro_averages_sources_and_splits_major_minor(registry):
+def test_medbabel_aggregate_macro_averages_sources_and_splits_major_minor(registry):
     predictions = (
         [_prediction("en-1", "en", True)] * 3
         + [_prediction("en-2", "en", False)]
         + [_prediction("zh-1", "zh", True), _prediction("zh-1", "zh", False, predicted=None)]
         + [_prediction("sw-1", "sw", True), _prediction("ckb-1", "ckb", False)]
+        + [_prediction("zh-1", "zh", True, multi=True), _prediction("zh-1", "zh", False, multi=True)]
     )
     result = aggregate(predictions, registry)
     en = result["per_language"]["en"]
     assert en["accuracy"] == pytest.approx(0.5) and en["accuracy_micro"] == pytest.approx(0.75)
     assert en["sources"] == ["en-1", "en-2"] and en["tier"] == "major" and en["n"] == 4
-    assert result["per_language"]["zh"]["unanswered"] == 1
+    assert result["per_language"]["zh"]["unanswered"] == 1 and result["per_language"]["zh"]["n"] == 2
     assert result["major"] == pytest.approx(0.5) and result["major_languages"] == ["en", "zh"]
     assert result["minor"] == pytest.approx(0.5) and sorted(result["minor_languages"]) == ["ckb", "sw"]
-    assert result["accuracy_micro"] == pytest.approx(5 / 8)
+    assert result["accuracy_micro"] == pytest.approx(5 / 8)  # single-answer questions only
+    assert result["multi_answer"] == {"n": 2, "exact_match": 0.5}  # reported apart
+    assert result["per_source"]["zh-1"]["multi_answer"] == {"n": 2, "exact_match": 0.5}
     assert result["per_source"]["en-2"]["accuracy"] == 0.0
     table = markdown_tables({"loglik": result, "generate": aggregate(predictions[:4], registry)})
     assert "| Major (mean of major languages) | 50.0 | 50.0 |" in table
     assert "| Minor (mean of minor languages) | 50.0 | – |" in table
     assert "| en | major | 4 | 50.0 | 50.0 |" in table
     assert table.index("| zh |") < table.index("| ckb |")  # major languages first
+
+
+def test_apollomoe_aggregate_follows_the_original_results_scripts(registry):
+    predictions = (
+        [_prediction("xmedbench/medqa-usmle", "en", c) for c in (True, True, True, False)]
+        + [_prediction("xmedbench/pubmedqa", "en", c) for c in (True, False)]
+        + [_prediction("MMLU_anatomy_de", "de", True)]
+        + [_prediction("MMLU_college_medicine_de", "de", c) for c in (True, False, False)]
+        + [_prediction("MMLU_anatomy_pt", "pt", c) for c in (True, False)]
+        + [_prediction("MMLU_college_medicine_pt", "pt", False)] * 2
+        + [_prediction("mmlu-medical-sw", "sw", c) for c in (True, False)]
+    )
+    result = apollomoe.aggregate(predictions, registry)
+    per_language = result["per_language"]
+    assert per_language["en"]["accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)  # mean of sources
+    assert per_language["de"]["accuracy"] == pytest.approx(2 / 4)  # pooled, not (1 + 1/3) / 2
+    assert per_language["pt"]["accuracy"] == pytest.approx(1 / 2)  # college_medicine_pt left out
+    assert result["per_source"]["MMLU_college_medicine_pt"]["accuracy"] == 0.0  # but still scored
+    assert result["major"] == pytest.approx((0.625 + 0.5 + 0.5) / 3)
+    assert result["minor"] == pytest.approx(0.5)
+    assert language_accuracy("zh", {"a": (1, 2), "b": (3, 4)}) == pytest.approx(0.625)
+    assert language_accuracy("fr", {"frenchmedmcqa": (1, 2), "mmlu-medical-fr": (3, 4)}) == pytest.approx(
+        4 / 6
+    )
+
+
+def test_multi_answer_questions_per_protocol():
+    item = _item(0, answers=("A", "C", "E"), n_options=5)
+    assert APOLLO.is_correct(item, "A")  # the original scores "(ACE)" on its first letter
+    assert not MEDBABEL.is_correct(item, "A") and MEDBABEL.is_correct(item, "A,C,E")
+    assert MEDBABEL.extract("(A) (C) (E)", item) == "A,C,E"
+    assert MEDBABEL.answer_text(item) == "The correct answer is (A) (C) (E)."

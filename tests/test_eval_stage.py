@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 from helpers.eval_helpers import MINOR_QUESTIONS, evaluated_run, make_tiny_moe
 
+from moe_train.eval.apollomoe import aggregate
 from moe_train.eval.inference import ModelLoadError
-from moe_train.eval.mcq import Prediction, aggregate, load_benchmark
+from moe_train.eval.mcq import Prediction
+from pipeline.benchmarks import read_configured
 from pipeline.config import load_config
 from pipeline.dag import run_stage
 
 pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `make test-fast`
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SAMPLE_BENCHMARK = (
-    Path(__file__).resolve().parent.parent / "data" / "sample" / "benchmark" / "medqa_sample.jsonl"
-)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,9 @@ def test_eval_writes_accuracy_for_both_modes(run, registry):
     ]
     assert all("\n" not in r["output"].strip() for r in generated)  # decoding stopped at the first line
     table = (out / "eval" / "accuracy.md").read_text()
+    assert table.startswith("Protocol: apollomoe")
     assert "| Major (mean of major languages) |" in table and "| sw | minor | 3 |" in table
+    assert "| minor | xmedbench | 4 | 3 | 3 | 0 | 1 (malformed_json 1) |" in table
 
 
 def test_eval_quarantines_bad_benchmark_rows(run):
@@ -68,6 +69,17 @@ def test_eval_quarantines_bad_benchmark_rows(run):
     assert rejected[0]["file"].endswith("minor.jsonl")
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["rejected_questions"] == {"malformed_json": 1}
+    assert summary["protocol"] == "apollomoe"
+    assert summary["benchmarks"]["minor"] == {
+        "file": rejected[0]["file"],
+        "format": "xmedbench",
+        "read": 4,
+        "usable": 3,
+        "multi_answer": 0,
+        "rejected": {"malformed_json": 1},
+        "scored": 3,
+    }
+    assert summary["benchmarks"]["xmedbench"]["scored"] == 12
     assert summary["questions"] == 12 + len(MINOR_QUESTIONS)
     assert set(summary["accuracy"]) == {"loglik", "generate"}
 
@@ -130,14 +142,9 @@ def test_spread_command_upcycles_every_layer(run, tmp_path):
     assert (tmp_path / "jsd_by_layer.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.skipif(
-    not SAMPLE_BENCHMARK.is_file(), reason=f"the embedded sample has no {SAMPLE_BENCHMARK.name} yet"
-)
-def test_the_samples_own_questions_load(registry):
-    items, rejects = load_benchmark(SAMPLE_BENCHMARK, "sample", registry)
-    assert items and not rejects
-
-
-def test_demo_config_lists_the_sample_benchmark():
+def test_demo_benchmarks_come_in_several_formats_and_load_whole(registry):
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
-    assert any(b.path.endswith("medqa_sample.jsonl") for b in cfg.eval.benchmarks)
+    assert cfg.eval.benchmarks == cfg.decontam.benchmarks
+    assert len({b.format for b in cfg.eval.benchmarks}) >= 3
+    for read in read_configured(cfg.eval.benchmarks, cfg, registry, "eval.benchmarks"):
+        assert read.items and not read.rejected, read.name

@@ -110,14 +110,24 @@ def test_per_language_threshold_from_config(tmp_path, write_config):
             "sw",
         )
     ]
-    _, kept, removed = run_langid(tmp_path, write_config, rows, thresholds={"sw": 0.999})
+    # its Swahili common words would keep it whatever the score: switched off to test the threshold
+    _, kept, removed = run_langid(
+        tmp_path, write_config, rows, thresholds={"sw": 0.999}, common_word_support=1.0
+    )
     assert not kept
     assert removed["sw-1"]["quarantine_detail"].endswith("below threshold 1.00")
 
 
-def test_short_texts_are_not_judged(tmp_path, write_config):
-    _, kept, _ = run_langid(tmp_path, write_config, [record("short", "OK, thanks!", "ja")])
-    assert set(kept) == {"short"}
+def test_short_texts_are_judged_by_their_script_only(tmp_path, write_config):
+    rows = [
+        record("short", "OK!", "ja"),
+        record("mixed", "COVID-19 の流行", "ja"),
+        record("latin", "OK, thanks!", "ja"),
+        record("any", "Gracias, doctor.", "fr"),  # too short for the model: not judged by it
+    ]
+    _, kept, removed = run_langid(tmp_path, write_config, rows)
+    assert set(kept) == {"short", "mixed", "any"}
+    assert removed["latin"]["quarantine_reason"] == "wrong_script"
 
 
 def test_model_path_option(tmp_path, write_config, registry):
@@ -129,6 +139,43 @@ def test_model_path_option(tmp_path, write_config, registry):
     assert kept["en-1"]["lid_language"] == "en"
     with pytest.raises(FileNotFoundError, match="language-ID model file not found"):
         LanguageVerifier(registry, model_path=str(tmp_path / "missing.ftz"))
+
+
+def test_glotlid_labels_map_to_registry_languages(tmp_path, write_config, shared_data, registry):
+    """A user who points `langid.model_path` at GlotLID (`langid.model: glotlid`) gets registry codes:
+    a small fastText model trained here on GlotLID v3 labels (eng_Latn, swh_Latn, arb_Arab...) from
+    TICO-19 sentences stands in for the real one."""
+    import fasttext
+
+    glotlid = {"en": "eng_Latn", "fr": "fra_Latn", "sw": "swh_Latn", "ar": "arb_Arab", "ru": "rus_Cyrl"}
+    assert {code: registry.get(code).lid_labels_for("glotlid")[0] for code in glotlid} == glotlid
+    assert not registry.languages_without_lid("glotlid")  # every registry language has a label
+    by_language = tico_paragraphs(shared_data, registry, per_language=60, languages=set(glotlid))
+    train = tmp_path / "train.txt"
+    train.write_text(
+        "".join(
+            f"__label__{glotlid[code]} {text.replace(chr(10), ' ')}\n"
+            for code, paragraphs in by_language.items()
+            for text in paragraphs[:50]
+        ),
+        encoding="utf-8",
+    )
+    model = fasttext.train_supervised(
+        str(train), lr=1.0, epoch=50, minn=2, maxn=4, dim=16, thread=1, seed=0, verbose=0
+    )
+    model.save_model(str(tmp_path / "glotlid-tiny.bin"))
+    rows = [
+        record(f"{code}-{i}", text, code)
+        for code, paragraphs in by_language.items()
+        for i, text in enumerate(paragraphs[50:])
+    ]
+    rows.append(record("fr-as-sw", by_language["fr"][55], "sw"))
+    _, kept, removed = run_langid(
+        tmp_path, write_config, rows, model="glotlid", model_path=str(tmp_path / "glotlid-tiny.bin")
+    )
+    assert set(removed) == {"fr-as-sw"}, {k: r["quarantine_detail"] for k, r in removed.items()}
+    assert removed["fr-as-sw"]["quarantine_detail"].startswith("declared sw, detected fr")
+    assert all(r["lid_language"] == r["language"] for r in kept.values())
 
 
 def test_keep_and_catch_rates_small(shared_data, registry):
@@ -239,6 +286,50 @@ def test_verify_rule_on_given_predictions(registry):
         verify("यह एक परीक्षण वाक्य है जो हिंदी में लिखा है।", "ig", [p("hi", 0.99)], registry, thresholds).reason
         == "wrong_script"
     )
+
+
+def test_short_text_is_removed_only_on_contrary_evidence(registry):
+    """Real TICO-19 sentences lid.176 scores low (Swahili as Tagalog at 0.22): a short text is removed
+    on a confident other language, its script or not one common word, never on a low score alone; a
+    long text on a low score too."""
+    from pipeline.text.fasttext_lid import LidPrediction
+
+    thresholds = LidThresholds.for_model("lid176")
+    common = CommonWords.shipped()
+
+    def p(code, score):
+        return LidPrediction(code, code, score)
+
+    def keep(text, declared, predictions):
+        return verify(text, declared, predictions, registry, thresholds, common_words=common).keep
+
+    swahili = "Vikwazo za usafiri ziliwekwa nadni na nje ya Hubei."
+    assert len(swahili) < thresholds.short_text_chars
+    by_model_alone = LidThresholds.for_model("lid176", common_word_support=1.0)
+    # low score, no confident rival: kept; a confident rival: removed
+    assert verify(swahili, "sw", [p("tl", 0.22), p("sw", 0.05)], registry, by_model_alone).keep
+    assert not verify(swahili, "sw", [p("tl", 0.7), p("sw", 0.05)], registry, by_model_alone).keep
+    # ... unless its own common words show it is Swahili
+    assert keep(swahili, "sw", [p("tl", 0.7), p("sw", 0.05)])
+    # common words of the declared language keep a text whatever the score, at any length
+    assert keep("na je, una joto jingi mwilini sasa?", "sw", [p("es", 0.9)])
+    # a short English text declared as French: no French common word among its words
+    assert not keep("and drink lots of fluids every day", "fr", [p("en", 0.25), p("fr", 0.05)])
+    # a longer text is removed on a low score for its language alone
+    long_text = " ".join([swahili.replace("na ", "")] * 3)
+    assert len(long_text) >= thresholds.short_text_chars
+    assert not verify(long_text, "gl", [p("tl", 0.22), p("gl", 0.05)], registry, thresholds).keep
+    # kana-less Chinese text: a Japanese prediction is no evidence against Chinese
+    chinese = "当左向右分流的先天性心脏病肺循环血流量增多，易出现反复呼吸道感染"
+    assert keep(chinese, "zh", [p("ja", 0.55), p("zh", 0.36)])
+    assert not keep(
+        "がんの治療について医師と相談してください。化学療法や放射線療法があります。",
+        "zh",
+        [p("ja", 0.9), p("zh", 0.05)],
+    )
+    # shorter than min_chars: not judged by the model, but a text in another script is still caught
+    assert keep("COVID-19 伝染病", "ja", [])
+    assert verify("这些症状已持续多长时间？", "ckb", [], registry, thresholds).reason == "wrong_script"
 
 
 def test_unknown_declared_language_is_quarantined_not_a_crash(tmp_path, write_config):

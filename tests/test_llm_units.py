@@ -92,6 +92,39 @@ def test_human_translations_pass_and_wrong_outputs_fail(checker):
     assert unit.reason == "numbers_changed" and "mg" in unit.detail
 
 
+def test_checks_know_how_languages_write_numbers(checker):
+    """Human translations the checks used to reject (TICO-19): Swahili writes "asilimia 27" for 27%,
+    a translator names COVID-19 "coronavirus 2019" or drops a citation marker, writes 52 thousand as
+    52 000 and 10 p.m. as 22:00; a short turn may be much shorter or longer than its source."""
+    ok = [
+        (
+            "sw",
+            "The infant death rate was 27% in that study.",
+            "Kiwango cha vifo vya watoto kilikuwa asilimia 27 katika utafiti huo.",
+        ),
+        (
+            "ckb",
+            "COVID-19 was identified in December 2019.",
+            "ڤایرۆسی کۆڕۆنا 2019 لە مانگی کانوونی یەکەمی 2019 ناسرایەوە.",
+        ),
+        ("fr", "Masks reduce transmission [12].", "Les masques réduisent la transmission."),
+        ("fr", "At least 52 thousand deaths were reported.", "Au moins 52 000 décès ont été signalés."),
+        ("rw", "A curfew between 10 p.m. and 4 a.m.", "Umukwabo hagati ya 22:00 na 04:00 mu gihugu cyose."),
+        ("fr", "Any fever?", "Avez-vous eu de la fièvre depuis hier soir ?"),
+    ]
+    for target, source, output in ok:
+        assert checker.check_translation(source, output, "en", target) is None, (target, source)
+    # the quantities themselves still count, and a per-cent sign needs the language's word or the sign
+    assert (
+        checker.check_translation(ok[0][1], ok[0][2].replace("27", "72"), "en", "sw").reason
+        == "numbers_changed"
+    )
+    assert (
+        checker.check_translation(ok[0][1], ok[0][2].replace("asilimia ", ""), "en", "sw").reason
+        == "numbers_changed"
+    )
+
+
 def test_script_decides_for_unspaced_and_uncovered_languages(checker):
     src = "Wash your hands often with soap and water for at least 20 seconds."
     assert checker.check_translation(src, "经常用肥皂和水洗手至少20秒。", "en", "zh") is None

@@ -10,9 +10,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from moe_train.causal_lm import prepare_model
-from moe_train.data import PackedSequence, collate
 from moe_train.distributed import Runtime, full_state_dict
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import PackedSequence, collate
 from moe_train.precision import MasterWeights
 from moe_train.train import make_optimizer, train_step
 from moe_train.upcycle import PRESETS, upcycle

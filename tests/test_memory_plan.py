@@ -3,6 +3,8 @@ autograd really keeps them, and the plan's verdicts for the paper's 7B Post-MoE.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeForCausalLM
@@ -144,3 +146,24 @@ def test_train_command_prints_the_plan(tmp_path, capsys) -> None:
     assert train.main(["--plan", "--config", str(config), "--world-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "8 GPU(s)" in out and "activation checkpointing on" in out and "fits in 80 GiB" in out
+
+
+def test_the_7b_preset_config_fits_eight_80gb_gpus() -> None:
+    """configs/apollomoe_7b.yaml loads, describes the paper's 10B Post-MoE, and its own settings fit."""
+    from pipeline.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "apollomoe_7b.yaml")
+    shape = memory_plan.shape_from_config(cfg)
+    assert 10.0e9 < shape.total_params() < 10.1e9
+    train = cfg.train
+    setup = Setup(
+        world_size=8,
+        micro_batch_size=train.micro_batch_size,
+        seq_len=train.seq_len,
+        activation_checkpointing=train.activation_checkpointing,
+        reshard_after_forward=train.reshard_after_forward,
+        cpu_offload=train.cpu_offload,
+        loss_chunk=train.loss_chunk_size,
+    )
+    assert plan(shape, setup).fits(80 * GIB)
+    assert train.micro_batch_size * train.grad_accum * 8 * train.seq_len == 131_072  # the paper's batch

@@ -57,6 +57,8 @@ IMPORT_NAMES = {
     "python-docx": "docx",
     "defusedxml": "defusedxml",
     "lxml": "lxml",
+    "ftfy": "ftfy",
+    "stopwordsiso": "stopwordsiso",
 }
 TRAINING_ONLY = {"torch", "transformers", "safetensors"}
 

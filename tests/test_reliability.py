@@ -168,7 +168,8 @@ def test_training_refuses_manifest_paths_outside_the_shards_folder(shards, hosti
 
 @pytest.mark.slow  # runs a stage, a subprocess or a model
 def test_training_verifies_a_shard_before_reading_it(shards):
-    from moe_train.data import DataSelection, DocumentStream, DocumentTokenizer
+    from moe_train.data import DocumentTokenizer
+    from moe_train.sampling import DataSelection, DocumentStream, WeightedShuffleStream
     from pipeline.manifest import ManifestError, load_manifest
     from pipeline.text.tokenizer import load_tokenizer
 
@@ -181,6 +182,10 @@ def test_training_verifies_a_shard_before_reading_it(shards):
         for _ in range(100):
             next(stream)
     assert str(victim) in str(caught.value) and "run shards --force" in str(caught.value)
+    with pytest.raises(ManifestError, match="sha256 differs"):  # the weighted shuffle checks before its scan
+        WeightedShuffleStream(
+            DataSelection(shards, sampling="weighted_shuffle"), DocumentTokenizer(load_tokenizer())
+        )
 
 
 def test_a_corrupt_manifest_names_itself_and_the_stage(shards):

@@ -215,8 +215,10 @@ def test_report_renders_every_section_in_chromium(full_run, chromium, tmp_path):
     assert result["sections"] == {
         k: "true" if v == "missing" else "false" for k, v in summary["sections"].items()
     }
-    # corpus 2 (+1 in the card), funnel, translation 2, training 1, accuracy 3, validation 2, routing 2
-    assert result["tables"] == 14 and result["rows"] > 60
+    # corpus 2 (+1 in the card), funnel, translation 2, training 1, accuracy 4 (benchmarks, aggregates,
+    # languages, sources), validation 2, routing 2
+    assert result["tables"] == 15 and result["rows"] > 60
+    assert "rejected by reason" in text and "malformed_json 1" in text
 
 
 def test_report_says_what_is_missing_and_still_renders(tmp_path, chromium):

@@ -9,17 +9,10 @@ import pytest
 import torch
 from helpers.train_shards import write_shards
 
-from moe_train.data import (
-    EOS_TOKEN,
-    DataError,
-    DataSelection,
-    DocumentStream,
-    DocumentTokenizer,
-    SequencePacker,
-    collate,
-    manifest_languages,
-)
+from moe_train.data import EOS_TOKEN, DataError, DocumentTokenizer, manifest_languages
 from moe_train.loss import IGNORE_INDEX
+from moe_train.packing import SequencePacker, collate
+from moe_train.sampling import DataSelection, DocumentStream
 from pipeline.text.tokenizer import load_tokenizer
 
 
@@ -93,10 +86,11 @@ def test_custom_template_and_multi_turn(doc_tokenizer):
         DocumentTokenizer(doc_tokenizer.tokenizer, "{q} only")
 
 
-def test_packing_restarts_positions_and_splits_long_documents(shards, doc_tokenizer):
+def test_split_packing_restarts_positions_and_splits_long_documents(shards, doc_tokenizer):
+    """`chat: split` (the packing before whole examples): the rows are the documents, concatenated and cut."""
     stream = DocumentStream(DataSelection(shards), doc_tokenizer)
     reference = DocumentStream(DataSelection(shards), doc_tokenizer)
-    packer = SequencePacker(stream, 64, manifest_languages(shards), doc_tokenizer.eos_id)
+    packer = SequencePacker(stream, 64, manifest_languages(shards), doc_tokenizer.eos_id, chat="split")
     rows = [next(packer) for _ in range(6)]
     flat_tokens = np.concatenate([r.input_ids for r in rows])
     flat_positions = np.concatenate([r.position_ids for r in rows])

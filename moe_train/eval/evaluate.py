@@ -1,4 +1,5 @@
-"""The eval stage (`make eval`): medical QA accuracy in both scoring modes, validation loss per
+"""The eval stage (`make eval`): medical QA accuracy in both scoring modes under the configured
+protocol (`apollomoe`, the paper's, by default), validation loss per
 language and family, and the routing analysis of the exported checkpoint.
 
 Outputs under OUT/eval/:
@@ -7,6 +8,7 @@ Outputs under OUT/eval/:
     accuracy.md            the same as Markdown tables (modes side by side)
     predictions/<mode>.jsonl   every question: prediction, answer, shots used, raw output
     rejected_questions.jsonl   benchmark rows that could not be used, with file, line and reason
+    lm_eval_tasks/         an lm-evaluation-harness task (YAML + JSONL) per benchmark
     perplexity.json        validation loss / perplexity per language and per family
     routing.json           expert shares per language, family-expert agreement, load balance, divergence
     plots/*.png            routing heatmaps (one per MoE layer), agreement, load, divergence by layer
@@ -23,15 +25,11 @@ from loguru import logger
 
 from moe_train.device import resolve_device
 from moe_train.eval.inference import load_model, resolve_dtype
-from moe_train.eval.mcq import (
-    MCQItem,
-    Prediction,
-    RejectedQuestion,
-    aggregate,
-    load_benchmark,
-    markdown_tables,
-)
+from moe_train.eval.lm_eval_tasks import write_tasks
+from moe_train.eval.mcq import Prediction, benchmarks_table, markdown_tables
+from moe_train.eval.protocols import protocol_for
 from pipeline import atomic
+from pipeline.benchmarks import BenchmarkItem, BenchmarkRead, check_configured, console_line, read_configured
 from pipeline.config import Config
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.registry import Registry
@@ -53,22 +51,13 @@ def model_directory(cfg: Config, out: Path) -> Path:
     return cfg.resolve(cfg.eval.model) if cfg.eval.model else Path(out) / "train" / "export"
 
 
-def load_questions(
-    cfg: Config, registry: Registry
-) -> tuple[dict[str, list[MCQItem]], list[RejectedQuestion]]:
-    """Every configured benchmark's usable questions (by benchmark name) and the rejected rows."""
-    questions: dict[str, list[MCQItem]] = {}
-    rejected: list[RejectedQuestion] = []
-    for ref in cfg.eval.benchmarks:
-        if ref.name in questions:
-            raise ValueError(f"eval.benchmarks: benchmark name '{ref.name}' is listed twice")
-        items, rejects = load_benchmark(cfg.resolve(ref.path), ref.name, registry, ref.language, ref.source)
-        questions[ref.name] = items
-        rejected += rejects
-    return questions, rejected
+def load_questions(cfg: Config, registry: Registry) -> list[BenchmarkRead]:
+    """Every configured benchmark, read by `pipeline.benchmarks` (the reader decontam uses); one with
+    no usable question stops here with its file and the reason, unless it is marked optional."""
+    return read_configured(cfg.eval.benchmarks, cfg, registry, "eval.benchmarks")
 
 
-def subsample(items: list[MCQItem], per_language: int | None, seed: int) -> list[MCQItem]:
+def subsample(items: list[BenchmarkItem], per_language: int | None, seed: int) -> list[BenchmarkItem]:
     """At most `per_language` questions per language, chosen with the seed, in file order."""
     if per_language is None:
         return items
@@ -83,45 +72,61 @@ def subsample(items: list[MCQItem], per_language: int | None, seed: int) -> list
 
 
 def evaluate_questions(cfg: Config, registry: Registry, model, tokenizer, stage_dir: Path) -> dict:
-    """Accuracy in every configured mode; writes predictions, accuracy.json and accuracy.md."""
+    """Accuracy in every configured mode; writes predictions, accuracy.json and accuracy.md, and
+    prints one line per benchmark: questions read, scored and rejected by reason."""
     from moe_train.eval.qa_eval import build_prompts, score_generate, score_loglik
 
-    questions, rejected = load_questions(cfg, registry)
-    write_jsonl(stage_dir / "rejected_questions.jsonl", [r.__dict__ for r in rejected])
+    protocol = protocol_for(cfg.eval.protocol)
+    reads = load_questions(cfg, registry)
+    write_jsonl(stage_dir / "rejected_questions.jsonl", [r.__dict__ for read in reads for r in read.rejected])
+    lm_eval = write_tasks(reads, protocol, cfg.train.chat_template, stage_dir / "lm_eval_tasks")
     prompts = []
-    for items in questions.values():
-        selected = subsample(items, cfg.eval.max_questions_per_language, cfg.run.seed)
+    benchmarks: dict[str, dict] = {}
+    for read in reads:
+        selected = subsample(read.items, cfg.eval.max_questions_per_language, cfg.run.seed)
         prompts += build_prompts(
             selected,
-            items,
+            read.items,
+            protocol,
             tokenizer,
             cfg.train.chat_template,
             cfg.eval.shots,
             cfg.run.seed,
             cfg.eval.max_prompt_tokens,
         )
+        benchmarks[read.name] = {**read.summary(), "scored": len(selected)}
+        print(console_line(read, scored=len(selected)))
     results: dict[str, dict] = {}
+    max_new_tokens = cfg.eval.max_new_tokens or protocol.max_new_tokens
     for mode in cfg.eval.modes:
         if not prompts:
             break
         if mode == "loglik":
-            predictions: list[Prediction] = score_loglik(model, tokenizer, prompts, cfg.eval.batch_size)
+            predictions: list[Prediction] = score_loglik(
+                model, tokenizer, prompts, protocol, cfg.eval.batch_size
+            )
         else:
             predictions = score_generate(
-                model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens
+                model, tokenizer, prompts, protocol, cfg.eval.batch_size, max_new_tokens
             )
         write_jsonl(stage_dir / "predictions" / f"{mode}.jsonl", [p.to_json() for p in predictions])
-        results[mode] = aggregate(predictions, registry)
+        results[mode] = protocol.aggregate(predictions, registry)
     write_json(stage_dir / "accuracy.json", results)
-    atomic.write_text(
-        stage_dir / "accuracy.md",
+    tables = (
         markdown_tables(results)
         if results
-        else "No benchmark questions were evaluated (eval.benchmarks is empty).\n",
+        else "No benchmark questions were evaluated (eval.benchmarks is empty).\n"
+    )
+    atomic.write_text(
+        stage_dir / "accuracy.md",
+        f"Protocol: {protocol.name}\n\n" + benchmarks_table(benchmarks) + "\n" + tables,
     )
     return {
+        "protocol": protocol.name,
         "questions": len(prompts),
-        "rejected_questions": dict(Counter(r.reason for r in rejected)),
+        "benchmarks": benchmarks,
+        "lm_eval_tasks": lm_eval,
+        "rejected_questions": dict(sum((Counter(b["rejected"]) for b in benchmarks.values()), Counter())),
         "accuracy": {
             mode: {"major": r["major"], "minor": r["minor"], "all_questions": r["accuracy_micro"]}
             for mode, r in results.items()
@@ -183,6 +188,10 @@ def evaluate_validation(
     elif stats is None:
         summary["routing"] = "skipped: the model has no MoE layers"
     return summary
+
+
+def validate(cfg: Config, registry: Registry) -> None:
+    check_configured(cfg.eval.benchmarks, cfg, "eval.benchmarks")
 
 
 def run(ctx) -> dict:

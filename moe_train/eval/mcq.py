@@ -1,190 +1,192 @@
-"""Multiple-choice medical QA in the XMedBench / ApolloMoE format: loading, prompts, answer extraction
-and the paper's aggregates.
+"""Multiple-choice medical QA: the parts every protocol shares (shots, prompts as training tokenises
+them, predictions, tables) and medbabel's own protocol. The paper's protocol is `apollomoe.py`.
 
-Pure Python (no torch), so the protocol can be unit-tested and reused by other evaluators.
+Pure Python (no torch), so a protocol can be unit-tested and reused by other evaluators. Items come
+from `pipeline.benchmarks`, the reader decontamination uses too.
 
-Benchmark rows are JSON lines with `question`, `options` ("(A) ...\\n(B) ..."), `answer` ("(C)"),
-`language` (or `lang`) and `source`. Prompts follow the paper: a per-language instruction for the
-12 major languages, the English one for every other language, up to `shots` solved examples drawn
-with a fixed seed from the same source, in the training chat format (`User:{q}\\nAssistant:{a}`).
+A protocol decides the words of a prompt (the user turn and a solved example's answer), how an
+answer is read back from generated text, whether a question counts as correct, and how accuracies
+add up to a language's and to the Major/Minor means. A prompt is up to `shots` solved examples of
+the same source (drawn with a fixed seed), each a chat turn tokenised exactly as training tokenises
+one (`moe_train.data.DocumentTokenizer.chat_ids`), then the question's own turn up to the answer.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from pipeline.registry import Registry, UnknownLanguageError
+from pipeline.benchmarks import ARABIC_LABELS, BenchmarkItem, canonical_letter
+from pipeline.registry import Registry
 
-# Arabic option letters as Arabic-language exams write them, mapped to the Latin letters the
-# benchmark answers use (alif with hamza, ba, jim, dal, ha).
-ARABIC_LETTERS = {"أ": "A", "ب": "B", "ج": "C", "د": "D", "ه": "E"}
 _TATWEEL = "\u0640"
-_LETTER_CLASS = "A-Za-z" + "".join(ARABIC_LETTERS)
-_OPTION_LINE = re.compile(rf"^\s*[(（]\s*([{_LETTER_CLASS}])\s*[)）]\s*(.*)$")
-_ANSWER = re.compile(rf"^\s*[(（]?\s*([{_LETTER_CLASS}])\s*[)）]?\s*\.?\s*$")
-
 # The extraction rule's letters (the paper's A-F).
-_PAREN_LATIN = re.compile(r"\(([A-Fa-f])\)")
-_ARABIC_ONE = "(?<![\u0600-\u06ff])([" + "".join(ARABIC_LETTERS) + "])(?![\u0600-\u06ff])"
+_PAREN_LATIN = re.compile(r"[(（]([A-Fa-f])[)）]")
+_ARABIC_ONE = "(?<![\u0600-\u06ff])([" + "".join(ARABIC_LABELS) + "])(?![\u0600-\u06ff])"
 # An Arabic letter standing alone with a parenthesis on at least one side ("(ب" of "(بسبب" is a word).
 _PAREN_ARABIC = re.compile(rf"\({_ARABIC_ONE}\)?|{_ARABIC_ONE}\)")
 _BARE_LATIN = re.compile(r"(?<![A-Za-z])([A-F])(?![A-Za-z])")
 _YES_NO = re.compile(r"^(yes|no)\.?$", re.IGNORECASE)
 
 
-class BenchmarkError(ValueError):
-    """A benchmark file cannot be read at all (missing, not JSON lines)."""
+class Protocol:
+    """How questions are asked, answers read and accuracies added up. Subclasses fill the hooks."""
+
+    name = ""
+    max_new_tokens = 32
+    shot_separator = ""  # text between one solved example's end of turn and the next turn
+    single_letter_answers = False  # True: a multi-answer question is scored on one letter (apollomoe)
+
+    def user_message(self, item: BenchmarkItem, as_shot: bool = False) -> str:
+        raise NotImplementedError
+
+    def answer_text(self, item: BenchmarkItem, label: str | None = None) -> str:
+        """A solved example's answer (the assistant turn); with `label`, the answer naming that option
+        (the log-likelihood mode compares these)."""
+        raise NotImplementedError
+
+    def extract(self, text: str, item: BenchmarkItem) -> str | None:
+        """The answer read from generated text: a letter, or letters joined by commas (multi-answer)."""
+        raise NotImplementedError
+
+    def is_correct(self, item: BenchmarkItem, predicted: str | None) -> bool:
+        """Exact match: one letter, or the exact set of letters of a multi-answer question."""
+        return predicted is not None and set(predicted.split(",")) == set(item.answers)
+
+    def fits(self, shots_text_length: int, question_text_length: int) -> bool:
+        """Whether one more solved example may be added (apollomoe counts characters; medbabel tokens)."""
+        return True
+
+    def aggregate(self, predictions: list[Prediction], registry: Registry) -> dict:
+        raise NotImplementedError
+
+
+class ChatTokens:
+    """Prompts as token ids, each solved example tokenised exactly as training tokenises a chat turn
+    (the template's literal pieces, the question and the answer encoded apart, as
+    `moe_train.data.DocumentTokenizer` does), so `Assistant:` is never merged with the answer's
+    first word the way tokenising the whole prompt as one string would."""
+
+    def __init__(self, tokenizer, chat_template: str):
+        from moe_train.data import DocumentTokenizer
+
+        self.tokenizer = tokenizer
+        self.template = chat_template
+        self.encoder = DocumentTokenizer(tokenizer, chat_template)
+
+    def turn(self, question: str, answer: str | None = None) -> list[int]:
+        return self.encoder.chat_ids(question, answer)
+
+    def characters(self, question: str, answer: str | None = None) -> int:
+        """The turn's length as text (the original budgets prompts in characters)."""
+        text = self.template.replace("{q}", question)
+        return len(text.replace("{a}", answer) if answer is not None else text.split("{a}")[0])
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def select_shots(item: BenchmarkItem, pool: list[BenchmarkItem], k: int, seed: int) -> list[BenchmarkItem]:
+    """`k` solved examples from the same source and language (never the item itself; a mixed source
+    must not hand a Chinese question English examples), fixed by the seed and the item's id, so a
+    question's prompt does not depend on which other questions are evaluated."""
+    candidates = [
+        other
+        for other in pool
+        if other.source == item.source and other.language == item.language and other.id != item.id
+    ]
+    rng = random.Random(f"{seed}|{item.source}|{item.id}")
+    return rng.sample(candidates, min(k, len(candidates)))
 
 
 @dataclass(frozen=True)
-class MCQItem:
-    """One multiple-choice question; `answer` and option letters are canonical Latin capitals."""
-
-    id: str
-    benchmark: str
-    source: str
-    language: str
-    question: str
-    options: tuple[tuple[str, str], ...]  # (letter as written in the file, option text)
-    answer: str
-
-    @property
-    def letters(self) -> list[str]:
-        return [canonical_letter(label) for label, _ in self.options]
-
-    @property
-    def answer_label(self) -> str:
-        """The answer as written among the options (an Arabic letter where the options use them)."""
-        return next(label for label, _ in self.options if canonical_letter(label) == self.answer)
-
-    def options_text(self) -> str:
-        return "\n".join(f"({label}) {text}" for label, text in self.options)
+class Prompt:
+    item: BenchmarkItem
+    ids: tuple[int, ...]  # ends where the model starts its answer
+    text: str  # the same, decoded, for the predictions file
+    shots: int
 
 
-@dataclass(frozen=True)
-class RejectedQuestion:
-    file: str
-    line: int
-    reason: str
-    detail: str
+def build_prompt(
+    item: BenchmarkItem,
+    shots: list[BenchmarkItem],
+    protocol: Protocol,
+    chat: ChatTokens,
+    max_tokens: int | None = None,
+) -> Prompt:
+    """Few-shot prompt; the last examples are dropped while the prompt is longer than `max_tokens`
+    tokens (and, for apollomoe, while it is longer than the original's character budget)."""
+    target_text = protocol.user_message(item)
+    target = chat.turn(target_text)
+    separator = chat.encode(protocol.shot_separator)
+    rendered: list[list[int]] = []
+    used_chars = 0
+    for shot in shots:
+        shot_text = protocol.user_message(shot, as_shot=True)
+        answer = protocol.answer_text(shot)
+        shot_chars = chat.characters(shot_text, answer) + len(protocol.shot_separator)
+        if not protocol.fits(used_chars + shot_chars, chat.characters(target_text)):
+            continue
+        used_chars += shot_chars
+        rendered.append(chat.turn(shot_text, answer) + separator)
+    while True:
+        ids = [token for shot in rendered for token in shot] + target
+        if not rendered or max_tokens is None or len(ids) <= max_tokens:
+            return Prompt(item, tuple(ids), chat.tokenizer.decode(ids), len(rendered))
+        rendered.pop()
 
 
-def canonical_letter(label: str) -> str:
-    """`c`, `Ｃ` and `ج` all mean option C."""
-    label = unicodedata.normalize("NFKC", label).replace(_TATWEEL, "").strip()
-    return ARABIC_LETTERS.get(label, label.upper())
+# ---- answer extraction (medbabel) ----------------------------------------------------------------
 
 
-def parse_options(text: str) -> tuple[tuple[str, str], ...]:
-    """Split "(A) ...\\n(B) ..." into (label, text) pairs; a line without a label continues the previous option."""
-    options: list[list[str]] = []
+def first_nonempty_line(text: str) -> str:
     for line in str(text).splitlines():
-        match = _OPTION_LINE.match(line)
-        if match:
-            options.append([match.group(1), match.group(2).strip()])
-        elif options and line.strip():
-            options[-1][1] = f"{options[-1][1]} {line.strip()}".strip()
-        elif line.strip():
-            raise ValueError(f"option text before the first '(A)' label: {line.strip()[:60]!r}")
-    return tuple((label, body) for label, body in options)
+        if line.strip():
+            return line.strip()
+    return ""
 
 
-def _parse_item(
-    raw: dict,
-    benchmark: str,
-    default_language: str | None,
-    default_source: str | None,
-    registry: Registry,
-    fallback_id: str,
-) -> MCQItem:
-    for key in ("question", "options", "answer"):
-        if not isinstance(raw.get(key), str) or not raw[key].strip():
-            raise ValueError(f"missing_{key}|field '{key}' is missing or empty")
-    language_raw = raw.get("language") or raw.get("lang") or default_language
-    if not language_raw:
-        raise ValueError("missing_language|no 'language'/'lang' field and no language in the config")
-    try:
-        language = registry.normalize_code(str(language_raw))
-    except UnknownLanguageError as exc:
-        raise ValueError(f"unknown_language|{exc}") from None
-    try:
-        options = parse_options(raw["options"])
-    except ValueError as exc:
-        raise ValueError(f"bad_options|{exc}") from None
-    if len(options) < 2:
-        raise ValueError(f"bad_options|{len(options)} option(s) parsed; need at least 2")
-    letters = [canonical_letter(label) for label, _ in options]
-    if len(set(letters)) != len(letters):
-        raise ValueError(f"bad_options|repeated option letters {letters}")
-    answer_match = _ANSWER.match(raw["answer"])
-    answer = canonical_letter(answer_match.group(1)) if answer_match else None
-    if answer not in letters:
-        raise ValueError(f"bad_answer|answer {raw['answer']!r} is not one of the options {letters}")
-    return MCQItem(
-        id=str(raw.get("id") or fallback_id),
-        benchmark=benchmark,
-        source=str(default_source or raw.get("source") or benchmark),
-        language=language,
-        question=raw["question"].strip(),
-        options=options,
-        answer=answer,
-    )
+def extract_answer(text: str) -> str | None:
+    """The paper's rule on the first non-empty line of a generated answer.
+
+    1. Letters A-F in half- or full-width parentheses, and Arabic option letters (أ ب ج د ه, with at
+       least one parenthesis) mapped to A-E; the most frequent wins, ties go to the earliest.
+    2. Otherwise a bare capital A-F standing alone (not inside a word), the same way.
+    3. Otherwise a line that is just "Yes"/"No" means A/B (yes/no/maybe questions list yes first).
+    """
+    line = unicodedata.normalize("NFKC", first_nonempty_line(text)).replace(_TATWEEL, "")
+    found = [(m.start(), m.group(1).upper()) for m in _PAREN_LATIN.finditer(line)]
+    found += [(m.start(), ARABIC_LABELS[m.group(1) or m.group(2)]) for m in _PAREN_ARABIC.finditer(line)]
+    if not found:
+        found = [(m.start(), m.group(1)) for m in _BARE_LATIN.finditer(line)]
+    if not found:
+        yes_no = _YES_NO.match(line)
+        return None if yes_no is None else ("A" if yes_no.group(1).lower() == "yes" else "B")
+    return _most_frequent_earliest(found)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _most_frequent_earliest(found: list[tuple[int, str]]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    first_at: dict[str, int] = {}
+    for position, letter in found:
+        counts[letter] += 1
+        first_at[letter] = min(position, first_at.get(letter, position))
+    return min(counts, key=lambda letter: (-counts[letter], first_at[letter]))
 
 
-def load_benchmark(
-    path: Path,
-    name: str,
-    registry: Registry,
-    language: str | None = None,
-    source: str | None = None,
-) -> tuple[list[MCQItem], list[RejectedQuestion]]:
-    """Read one benchmark file (.jsonl or .jsonl.gz). Bad rows are returned as rejects with file,
-    line and reason; a missing or unreadable file raises BenchmarkError."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark '{name}': file not found: {path}")
-    items: list[MCQItem] = []
-    rejects: list[RejectedQuestion] = []
-    seen: set[str] = set()
-    try:
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                    if not isinstance(raw, dict):
-                        raise ValueError("not_an_object|the line is JSON but not an object")
-                    item = _parse_item(raw, name, language, source, registry, f"{name}:{lineno}")
-                    if item.id in seen:
-                        raise ValueError(f"duplicate_id|id {item.id!r} appeared earlier in the file")
-                except json.JSONDecodeError as exc:
-                    rejects.append(RejectedQuestion(str(path), lineno, "malformed_json", str(exc)))
-                    continue
-                except ValueError as exc:
-                    reason, _, detail = str(exc).partition("|")
-                    rejects.append(RejectedQuestion(str(path), lineno, reason, detail))
-                    continue
-                seen.add(item.id)
-                items.append(item)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise BenchmarkError(f"benchmark '{name}': cannot read {path}: {exc}") from None
-    return items, rejects
-
-
-# ---- prompts -------------------------------------------------------------------------------------
+def extract_letters(text: str) -> str | None:
+    """Every option letter in parentheses on the first non-empty line (else every bare capital),
+    sorted and comma-joined: a multi-answer question's predicted set."""
+    line = unicodedata.normalize("NFKC", first_nonempty_line(text)).replace(_TATWEEL, "")
+    found = {m.group(1).upper() for m in _PAREN_LATIN.finditer(line)}
+    found |= {ARABIC_LABELS[m.group(1) or m.group(2)] for m in _PAREN_ARABIC.finditer(line)}
+    if not found:
+        found = {m.group(1) for m in _BARE_LATIN.finditer(line)}
+    return ",".join(sorted(found)) or None
 
 
 @dataclass(frozen=True)
@@ -286,125 +288,40 @@ def template_for(language: str) -> PromptTemplate:
     return PROMPT_TEMPLATES.get(language, PROMPT_TEMPLATES["en"])
 
 
-class ChatFormat:
-    """The training chat template (`User:{q}\\nAssistant:{a}<|endoftext|>`), split at the answer."""
+class MedbabelProtocol(Protocol):
+    """medbabel's variant: its own wording per language (the instruction names the real first and last
+    letters), a context passage shown as such, solved examples packed back to back as in training,
+    the answer read from the first non-empty line with full-width, Arabic and yes/no forms handled,
+    multi-answer questions scored by exact set match and reported apart, every language the
+    unweighted mean of its sources. docs/eval_report.md lists the differences to `apollomoe`."""
 
-    def __init__(self, template: str):
-        if (
-            template.count("{q}") != 1
-            or template.count("{a}") != 1
-            or template.index("{q}") > template.index("{a}")
-        ):
-            raise ValueError(f"chat template must contain {{q}} then {{a}} exactly once: {template!r}")
-        self.template = template
-        before_answer, self.after_answer = template.split("{a}")
-        self.before_question, self.between = before_answer.split("{q}")
+    name = "medbabel"
+    max_new_tokens = 32
 
-    def prompt(self, question: str) -> str:
-        """Everything up to where the model starts answering."""
-        return f"{self.before_question}{question}{self.between}"
+    def user_message(self, item: BenchmarkItem, as_shot: bool = False) -> str:
+        template = template_for(item.language)
+        letters = [label for label, _ in item.options]
+        instruction = template.instruction.format(first=letters[0], last=letters[-1])
+        context = f"{item.context}\n" if item.context else ""
+        return (
+            f"{instruction}\n{context}{template.question_label}: {item.question}\n"
+            f"{template.options_label}:\n{item.options_text()}"
+        )
 
-    def turn(self, question: str, answer: str) -> str:
-        return f"{self.prompt(question)}{answer}{self.after_answer}"
+    def answer_text(self, item: BenchmarkItem, label: str | None = None) -> str:
+        labels = [label] if label else [o for o, _ in item.options if canonical_letter(o) in item.answers]
+        return f"{template_for(item.language).answer_lead} " + " ".join(f"({o})" for o in labels) + "."
 
+    def extract(self, text: str, item: BenchmarkItem) -> str | None:
+        if item.multi:
+            return extract_letters(text)
+        return extract_answer(text)
 
-def user_message(item: MCQItem) -> str:
-    template = template_for(item.language)
-    letters = [label for label, _ in item.options]
-    instruction = template.instruction.format(first=letters[0], last=letters[-1])
-    return (
-        f"{instruction}\n{template.question_label}: {item.question}\n"
-        f"{template.options_label}:\n{item.options_text()}"
-    )
-
-
-def answer_text(item: MCQItem, label: str | None = None) -> str:
-    """How a solved example answers: "The correct answer is (C)." in the item's language."""
-    return f"{template_for(item.language).answer_lead} ({label or item.answer_label})."
+    def aggregate(self, predictions: list[Prediction], registry: Registry) -> dict:
+        return aggregate(predictions, registry)
 
 
-def scoring_prefix(item: MCQItem) -> str:
-    """The answer up to the option letter: the log-likelihood mode scores the next token."""
-    return f"{template_for(item.language).answer_lead} ("
-
-
-def select_shots(item: MCQItem, pool: list[MCQItem], k: int, seed: int) -> list[MCQItem]:
-    """`k` solved examples from the same source and language (never the item itself; benchmark
-    sources are single-language in XMedBench, a mixed one must not hand a Chinese question English
-    examples), fixed by the seed and the item's id, so a question's prompt does not depend on which
-    other questions are evaluated."""
-    candidates = [
-        other
-        for other in pool
-        if other.source == item.source and other.language == item.language and other.id != item.id
-    ]
-    rng = random.Random(f"{seed}|{item.source}|{item.id}")
-    return rng.sample(candidates, min(k, len(candidates)))
-
-
-@dataclass(frozen=True)
-class Prompt:
-    item: MCQItem
-    text: str  # ends where the model starts its answer
-    shots: int
-
-
-def build_prompt(
-    item: MCQItem,
-    shots: list[MCQItem],
-    chat: ChatFormat,
-    count_tokens: Callable[[str], int] | None = None,
-    max_tokens: int | None = None,
-) -> Prompt:
-    """Few-shot prompt; the last examples are dropped while the prompt is longer than `max_tokens`."""
-    target = chat.prompt(user_message(item))
-    rendered = [chat.turn(user_message(shot), answer_text(shot)) + "\n" for shot in shots]
-    while True:
-        text = "".join(rendered) + target
-        if not rendered or count_tokens is None or max_tokens is None or count_tokens(text) <= max_tokens:
-            return Prompt(item, text, len(rendered))
-        rendered.pop()
-
-
-# ---- answer extraction ---------------------------------------------------------------------------
-
-
-def first_nonempty_line(text: str) -> str:
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def extract_answer(text: str) -> str | None:
-    """The paper's rule on the first non-empty line of a generated answer.
-
-    1. Letters A-F in half- or full-width parentheses, and Arabic option letters (أ ب ج د ه, with at
-       least one parenthesis) mapped to A-E; the most frequent wins, ties go to the earliest.
-    2. Otherwise a bare capital A-F standing alone (not inside a word), the same way.
-    3. Otherwise a line that is just "Yes"/"No" means A/B (yes/no/maybe questions list yes first).
-    """
-    line = unicodedata.normalize("NFKC", first_nonempty_line(text)).replace(_TATWEEL, "")
-    found = [(m.start(), m.group(1).upper()) for m in _PAREN_LATIN.finditer(line)]
-    found += [(m.start(), ARABIC_LETTERS[m.group(1) or m.group(2)]) for m in _PAREN_ARABIC.finditer(line)]
-    if not found:
-        found = [(m.start(), m.group(1)) for m in _BARE_LATIN.finditer(line)]
-    if not found:
-        yes_no = _YES_NO.match(line)
-        return None if yes_no is None else ("A" if yes_no.group(1).lower() == "yes" else "B")
-    return _most_frequent_earliest(found)
-
-
-def _most_frequent_earliest(found: list[tuple[int, str]]) -> str:
-    counts: dict[str, int] = defaultdict(int)
-    first_at: dict[str, int] = {}
-    for position, letter in found:
-        counts[letter] += 1
-        first_at[letter] = min(position, first_at.get(letter, position))
-    return min(counts, key=lambda letter: (-counts[letter], first_at[letter]))
-
-
-# ---- aggregation ---------------------------------------------------------------------------------
+# ---- predictions and aggregation -----------------------------------------------------------------
 
 
 @dataclass
@@ -416,77 +333,97 @@ class Prediction:
     source: str
     language: str
     mode: str
-    answer: str
+    answer: str  # the answer letter, or letters joined by commas
     predicted: str | None
     shots: int
+    correct: bool
+    multi: bool = False
     output: str = ""  # generated text (generate mode) or per-letter log-likelihoods (loglik mode)
     extra: dict = field(default_factory=dict)
 
-    @property
-    def correct(self) -> bool:
-        return self.predicted == self.answer
-
     def to_json(self) -> dict:
-        return {**asdict(self), "correct": self.correct}
+        return asdict(self)
 
 
-def _mean(values: Iterable[float]) -> float | None:
+def mean_of(values: Iterable[float]) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
 
 
-def aggregate(predictions: list[Prediction], registry: Registry) -> dict:
-    """Accuracy per source, per language and the paper's Major/Minor means, for one mode.
+def accuracy_counts(group: list[Prediction]) -> dict:
+    return {
+        "n": len(group),
+        "correct": sum(p.correct for p in group),
+        "unanswered": sum(p.predicted is None for p in group),
+        "accuracy": sum(p.correct for p in group) / len(group) if group else None,
+    }
 
-    A language's accuracy is the unweighted mean over its sources (the paper averages English's and
-    Chinese's benchmarks this way); `accuracy_micro` weights every question equally. Major is the
-    unweighted mean over the major languages present, Minor over the minor ones present.
-    """
-    per_source: dict[str, dict] = {}
+
+def multi_answer_block(group: list[Prediction]) -> dict | None:
+    """Multi-answer questions apart: how many, and how many were answered with the exact set."""
+    multi = [p for p in group if p.multi]
+    if not multi:
+        return None
+    return {"n": len(multi), "exact_match": sum(p.correct for p in multi) / len(multi)}
+
+
+def per_source(predictions: list[Prediction], scored: Callable[[Prediction], bool]) -> dict[str, dict]:
     by_source: dict[str, list[Prediction]] = defaultdict(list)
     for prediction in predictions:
         by_source[prediction.source].append(prediction)
+    result = {}
     for source, group in sorted(by_source.items()):
-        languages = sorted({p.language for p in group})
-        per_source[source] = {
-            "languages": languages,
-            "n": len(group),
-            "correct": sum(p.correct for p in group),
-            "unanswered": sum(p.predicted is None for p in group),
-            "accuracy": sum(p.correct for p in group) / len(group),
+        entry = {
+            "languages": sorted({p.language for p in group}),
+            **accuracy_counts([p for p in group if scored(p)]),
         }
+        if (multi := multi_answer_block(group)) is not None:
+            entry["multi_answer"] = multi
+        result[source] = entry
+    return result
+
+
+def aggregate(predictions: list[Prediction], registry: Registry) -> dict:
+    """medbabel's aggregation, for one mode: accuracy per source and per language over single-answer
+    questions (multi-answer ones are reported apart, by exact set match), a language being the
+    unweighted mean of its sources, Major/Minor the unweighted means of the languages present."""
+    single = [p for p in predictions if not p.multi]
+    sources = per_source(predictions, lambda p: not p.multi)
     per_language: dict[str, dict] = {}
     by_language: dict[str, list[Prediction]] = defaultdict(list)
-    for prediction in predictions:
+    for prediction in single:
         by_language[prediction.language].append(prediction)
     for language, group in sorted(by_language.items()):
-        sources = sorted({p.source for p in group})
-        source_accuracy = {
-            s: sum(p.correct for p in group if p.source == s) / sum(p.source == s for p in group)
-            for s in sources
-        }
+        names = sorted({p.source for p in group})
         per_language[language] = {
             "tier": registry.get(language).tier,
             "family": registry.get(language).family,
-            "n": len(group),
-            "correct": sum(p.correct for p in group),
-            "unanswered": sum(p.predicted is None for p in group),
-            "sources": sources,
-            "accuracy": _mean(source_accuracy.values()),
-            "accuracy_micro": sum(p.correct for p in group) / len(group),
+            **accuracy_counts(group),
+            "sources": names,
+            "accuracy": mean_of(
+                accuracy_counts([p for p in group if p.source == s])["accuracy"] for s in names
+            ),
+            "accuracy_micro": accuracy_counts(group)["accuracy"],
         }
+    return with_major_minor(predictions, single, per_language, sources)
+
+
+def with_major_minor(predictions, single, per_language: dict, sources: dict) -> dict:
     major = [lang for lang in per_language if per_language[lang]["tier"] == "major"]
     minor = [lang for lang in per_language if per_language[lang]["tier"] == "minor"]
-    return {
+    result = {
         "n": len(predictions),
-        "accuracy_micro": _mean(p.correct for p in predictions),
-        "major": _mean(per_language[lang]["accuracy"] for lang in major),
-        "minor": _mean(per_language[lang]["accuracy"] for lang in minor),
+        "accuracy_micro": mean_of(p.correct for p in single),
+        "major": mean_of(per_language[lang]["accuracy"] for lang in major),
+        "minor": mean_of(per_language[lang]["accuracy"] for lang in minor),
         "major_languages": major,
         "minor_languages": minor,
         "per_language": per_language,
-        "per_source": per_source,
+        "per_source": sources,
     }
+    if (multi := multi_answer_block(predictions)) is not None:
+        result["multi_answer"] = multi
+    return result
 
 
 def _pct(value: float | None) -> str:
@@ -542,3 +479,28 @@ def markdown_tables(results: dict[str, dict]) -> str:
             f"| {source} | {', '.join(first['languages'])} | {first['n']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def benchmarks_table(benchmarks: dict[str, dict]) -> str:
+    """Markdown: every configured benchmark with its questions read, scored and rejected by reason."""
+    lines = [
+        "## Benchmarks (questions)",
+        "",
+        "| benchmark | format | read | usable | scored | multi-answer | rejected |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name, b in benchmarks.items():
+        lines.append(
+            f"| {name} | {b['format']} | {b['read']} | {b['usable']} | {b['scored']} | {b['multi_answer']} | "
+            f"{rejected_text(b['rejected'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rejected_text(rejected: dict[str, int]) -> str:
+    """`0`, or `3 (bad_answer 2, malformed_json 1)`."""
+    total = sum(rejected.values())
+    detail = ", ".join(
+        f"{reason} {count}" for reason, count in sorted(rejected.items(), key=lambda kv: -kv[1])
+    )
+    return f"{total} ({detail})" if total else "0"

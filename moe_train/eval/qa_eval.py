@@ -1,10 +1,14 @@
 """Medical QA accuracy of a causal LM in the two scoring modes.
 
-- `loglik`: one forward pass per question; the prediction is the option letter with the highest
-  log-probability right after "The correct answer is (" (in the question's language). No
-  generation, deterministic, batched.
+- `loglik`: one forward pass per question; the prediction is the option whose answer ("The correct
+  answer is (C)." in the question's language, tokenised as training tokenises an answer) is the most
+  likely where the options' answers part (the letter, or "(C" where the tokenizer merges it). No
+  generation, deterministic, batched by length. A multi-answer question's predicted set is every
+  option more likely than a uniform guess among the options.
 - `generate`: the paper's protocol: greedy decoding from the few-shot prompt until the first
-  non-empty line is complete, then the paper's extraction rule on that line.
+  non-empty line is complete, then the protocol's extraction rule.
+
+Prompts are token ids (see `mcq.ChatTokens`): nothing here re-tokenises a prompt string.
 """
 
 from __future__ import annotations
@@ -17,58 +21,58 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from moe_train.eval.inference import length_batches, position_ids_for, stop_token_ids
-from moe_train.eval.mcq import (
-    ChatFormat,
-    MCQItem,
-    Prediction,
-    Prompt,
-    build_prompt,
-    canonical_letter,
-    extract_answer,
-    scoring_prefix,
-    select_shots,
-)
+from moe_train.eval.mcq import ChatTokens, Prediction, Prompt, Protocol, build_prompt, select_shots
+from pipeline.benchmarks import BenchmarkItem, canonical_letter
 
 _FIRST_LINE_DONE = re.compile(r"\S[^\n]*\n")
 
 
 def build_prompts(
-    items: list[MCQItem],
-    pool: list[MCQItem],
+    items: list[BenchmarkItem],
+    pool: list[BenchmarkItem],
+    protocol: Protocol,
     tokenizer,
     chat_template: str,
     shots: int,
     seed: int,
     max_prompt_tokens: int | None,
 ) -> list[Prompt]:
-    chat = ChatFormat(chat_template)
-
-    def count_tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
+    chat = ChatTokens(tokenizer, chat_template)
     return [
-        build_prompt(item, select_shots(item, pool, shots, seed), chat, count_tokens, max_prompt_tokens)
+        build_prompt(item, select_shots(item, pool, shots, seed), protocol, chat, max_prompt_tokens)
         for item in items
     ]
 
 
-def letter_token_id(tokenizer, label: str) -> int:
-    ids = tokenizer(label, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"option label {label!r} is {len(ids)} tokens; the loglik mode needs single-token labels"
-        )
-    return ids[0]
+def answer_choices(tokenizer, protocol: Protocol, item: BenchmarkItem) -> tuple[list[int], list[int]]:
+    """The answer's tokens shared by every option (the lead) and, per option, the token where the
+    answers part: what the log-likelihood mode compares."""
+    encoded = [
+        tokenizer(protocol.answer_text(item, label), add_special_tokens=False)["input_ids"]
+        for label, _ in item.options
+    ]
+    lead = 0
+    while all(len(e) > lead + 1 for e in encoded) and len({e[lead] for e in encoded}) == 1:
+        lead += 1
+    parting = [e[lead] for e in encoded]
+    if len(set(parting)) != len(parting):
+        raise ValueError(f"{item.benchmark} {item.id}: the options' answers do not part at one token")
+    return encoded[0][:lead], parting
 
 
 @torch.no_grad()
 def next_token_logprobs(
-    model, tokenizer, contexts: list[str], candidates: list[list[int]], batch_size: int, desc: str = "loglik"
+    model,
+    tokenizer,
+    encoded: list[list[int]],
+    candidates: list[list[int]],
+    batch_size: int,
+    desc: str = "loglik",
 ) -> list[list[float]]:
-    """log P(candidate token | context) for each context's candidates, in input order."""
+    """log P(candidate token | context) for each context (token ids) and its candidates, in input
+    order; contexts of similar length share a batch, so little is padded."""
     device = next(model.parameters()).device
-    encoded = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
-    results: list[list[float]] = [[] for _ in contexts]
+    results: list[list[float]] = [[] for _ in encoded]
     for batch in tqdm(length_batches([len(e) for e in encoded], batch_size), desc=desc, unit="batch"):
         padded = tokenizer.pad(
             {"input_ids": [encoded[i] for i in batch]}, padding_side="left", return_tensors="pt"
@@ -102,12 +106,11 @@ class FirstLineComplete(StoppingCriteria):
 
 @torch.no_grad()
 def greedy_generate(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate"
+    model, tokenizer, encoded: list[list[int]], max_new_tokens: int, batch_size: int, desc: str = "generate"
 ) -> list[str]:
-    """Greedy continuations, in input order."""
+    """Greedy continuations of prompts given as token ids, in input order."""
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[str] = [""] * len(encoded)
     eos = stop_token_ids(tokenizer)
     for batch in tqdm(length_batches([len(e) for e in encoded], batch_size), desc=desc, unit="batch"):
         padded = tokenizer.pad(
@@ -132,33 +135,41 @@ def greedy_generate(
     return outputs
 
 
-def score_loglik(model, tokenizer, prompts: list[Prompt], batch_size: int) -> list[Prediction]:
-    contexts = [p.text + scoring_prefix(p.item) for p in prompts]
-    candidates = [[letter_token_id(tokenizer, label) for label, _ in p.item.options] for p in prompts]
+def score_loglik(
+    model, tokenizer, prompts: list[Prompt], protocol: Protocol, batch_size: int
+) -> list[Prediction]:
+    choices = [answer_choices(tokenizer, protocol, p.item) for p in prompts]
+    contexts = [[*p.ids, *lead] for p, (lead, _) in zip(prompts, choices, strict=True)]
+    candidates = [parting for _, parting in choices]
     logprobs = next_token_logprobs(model, tokenizer, contexts, candidates, batch_size)
     predictions = []
     for prompt, scores in zip(prompts, logprobs, strict=True):
         letters = [canonical_letter(label) for label, _ in prompt.item.options]
         best = max(range(len(letters)), key=lambda i: (scores[i], -i))
-        predictions.append(
-            _prediction(
-                prompt,
-                "loglik",
-                letters[best],
-                json.dumps(dict(zip(letters, [round(s, 4) for s in scores], strict=True))),
+        predicted = letters[best]
+        if prompt.item.multi and not protocol.single_letter_answers:
+            probabilities = torch.softmax(torch.tensor(scores), dim=0).tolist()
+            predicted = ",".join(
+                letter for letter, p in zip(letters, probabilities, strict=True) if p > 1 / len(letters)
             )
-        )
+        output = json.dumps(dict(zip(letters, [round(s, 4) for s in scores], strict=True)))
+        predictions.append(_prediction(prompt, protocol, "loglik", predicted, output))
     return predictions
 
 
 def score_generate(
-    model, tokenizer, prompts: list[Prompt], batch_size: int, max_new_tokens: int
+    model, tokenizer, prompts: list[Prompt], protocol: Protocol, batch_size: int, max_new_tokens: int
 ) -> list[Prediction]:
-    texts = greedy_generate(model, tokenizer, [p.text for p in prompts], max_new_tokens, batch_size)
-    return [_prediction(p, "generate", extract_answer(t), t) for p, t in zip(prompts, texts, strict=True)]
+    texts = greedy_generate(model, tokenizer, [list(p.ids) for p in prompts], max_new_tokens, batch_size)
+    return [
+        _prediction(p, protocol, "generate", protocol.extract(t, p.item), t)
+        for p, t in zip(prompts, texts, strict=True)
+    ]
 
 
-def _prediction(prompt: Prompt, mode: str, predicted: str | None, output: str) -> Prediction:
+def _prediction(
+    prompt: Prompt, protocol: Protocol, mode: str, predicted: str | None, output: str
+) -> Prediction:
     item = prompt.item
     return Prediction(
         id=item.id,
@@ -169,5 +180,7 @@ def _prediction(prompt: Prompt, mode: str, predicted: str | None, output: str) -
         answer=item.answer,
         predicted=predicted,
         shots=prompt.shots,
+        correct=protocol.is_correct(item, predicted),
+        multi=item.multi,
         output=output,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from moe_train.eval import plots
+from moe_train.eval.mcq import rejected_text
 from moe_train.eval.report_page import Image, Section, Table, fmt, mapping_table, pct, render_page
 from pipeline import atomic
 from pipeline.funnel import stage_funnel
@@ -322,12 +323,41 @@ class ReportBuilder:
             section.missing = f"No accuracy results at {self.out / 'eval' / 'accuracy.json'} (run `make eval` with eval.benchmarks)."
             return section
         modes = list(results)
+        summary = read_json(self.out / "eval" / "summary.json")
+        summary = summary if isinstance(summary, dict) else {}
+        protocol = summary.get("protocol", "apollomoe")
         section.intro = (
-            "loglik: the option letter with the highest log-probability (no generation). "
-            "generate: the paper's protocol (3-shot, greedy, answer from the first non-empty line). "
-            "A language's accuracy is the mean over its sources; Major/Minor are unweighted means "
-            "over the languages present."
+            f"Protocol: {protocol}. loglik: the option letter with the highest log-probability (no "
+            "generation). generate: greedy decoding, the answer read from the first non-empty line. "
+            + (
+                "English's and Chinese's accuracy is the mean over their sources, every other language "
+                "pools its questions (the original ApolloMoE results scripts); "
+                if protocol == "apollomoe"
+                else "A language's accuracy is the mean over its sources, multi-answer questions "
+                "(exact set match) reported apart; "
+            )
+            + "Major/Minor are unweighted means over the languages present."
         )
+        benchmarks = summary.get("benchmarks") or {}
+        if benchmarks:
+            section.tables.append(
+                Table(
+                    ["benchmark", "format", "read", "usable", "scored", "multi-answer", "rejected"],
+                    [
+                        [
+                            name,
+                            b.get("format", "–"),
+                            b.get("read", 0),
+                            b.get("usable", 0),
+                            b.get("scored", 0),
+                            b.get("multi_answer", 0),
+                            rejected_text(b.get("rejected") or {}),
+                        ]
+                        for name, b in benchmarks.items()
+                    ],
+                    "Benchmarks (questions read, scored, rejected by reason)",
+                )
+            )
         section.tables.append(
             Table(
                 ["", *modes],

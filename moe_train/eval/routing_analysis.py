@@ -43,6 +43,7 @@ class RoutingStats:
         self.agree = np.zeros((0, len(self.layers)))  # tokens whose top-k holds the family expert
         self.tokens = np.zeros(0, dtype=np.int64)
         self.known = np.zeros(0, dtype=np.int64)  # tokens whose family expert is known
+        self.family = np.zeros((0, num_experts))  # [language, expert]: tokens by their family expert
 
     def language_index(self, language: str) -> int:
         if language not in self.languages:
@@ -51,6 +52,7 @@ class RoutingStats:
             self.agree = np.concatenate([self.agree, np.zeros((1, len(self.layers)))])
             self.tokens = np.append(self.tokens, 0)
             self.known = np.append(self.known, 0)
+            self.family = np.concatenate([self.family, np.zeros((1, self.num_experts))])
         return self.languages.index(language)
 
     @torch.no_grad()
@@ -82,6 +84,13 @@ class RoutingStats:
             self.agree[:, position] += per_language_agree.index_add_(0, language, agreed).cpu().numpy()
         self.tokens += torch.bincount(language, minlength=n_languages).cpu().numpy()
         self.known += torch.bincount(language[known], minlength=n_languages).cpu().numpy()
+        cell = language[known] * self.num_experts + family[known].long()
+        self.family += (
+            torch.bincount(cell, minlength=n_languages * self.num_experts)
+            .reshape(n_languages, self.num_experts)
+            .cpu()
+            .numpy()
+        )
 
     # ---- derived quantities ----------------------------------------------------------------------
     def shares(self) -> np.ndarray:
@@ -93,6 +102,14 @@ class RoutingStats:
         """[language, layer]: fraction of tokens whose stock top-k contains their family expert (NaN if unknown)."""
         known = self.known[:, None].astype(float)
         return np.divide(self.agree, known, out=np.full_like(self.agree, np.nan), where=known > 0)
+
+    def blind_agreement(self) -> np.ndarray:
+        """[language, layer]: the agreement a language-blind router would score: for each token, the share
+        of all tokens whose top-k holds its family expert (that expert's load share x top_k)."""
+        covered = np.minimum(1.0, self.load() * self.top_k)  # [layer, expert]
+        known = self.known[:, None].astype(float)
+        expected = self.family @ covered.T  # [language, layer]
+        return np.divide(expected, known, out=np.full_like(expected, np.nan), where=known > 0)
 
     def load(self) -> np.ndarray:
         """[layer, expert]: fraction of all assignments each expert receives."""
@@ -116,6 +133,7 @@ class RoutingStats:
 
     def to_json(self, expert_names: list[str] | None = None, min_tokens: int = 1) -> dict:
         shares, agreement, load = self.shares(), self.agreement(), self.load()
+        blind = self.blind_agreement()
         names = expert_names or [str(e) for e in range(self.num_experts)]
         overall_agree = [
             float(self.agree[:, position].sum() / self.known.sum()) if self.known.sum() else None
@@ -147,6 +165,13 @@ class RoutingStats:
                 for position, layer in enumerate(self.layers)
             },
             "agreement_overall": {str(layer): overall_agree[p] for p, layer in enumerate(self.layers)},
+            "blind_agreement": {  # what a router blind to language scores: the baseline of "agreement"
+                str(layer): {
+                    lang: None if math.isnan(blind[i, position]) else round(float(blind[i, position]), 6)
+                    for i, lang in enumerate(self.languages)
+                }
+                for position, layer in enumerate(self.layers)
+            },
             "load_balance": {
                 str(layer): balance_summary(load[position], names)
                 for position, layer in enumerate(self.layers)

@@ -31,7 +31,15 @@ from pipeline.config.curation import (
 )
 from pipeline.config.execution import ExecutorSection, RaySection, RegistrySection, RunSection, SlurmSection
 from pipeline.config.load import Config, load_config
-from pipeline.config.training import EvalSection, ReportSection, TrainSection
+from pipeline.config.training import (
+    EvalSection,
+    ExperimentsSection,
+    PackingSection,
+    ReportSection,
+    SamplingSection,
+    SpreadSection,
+    TrainSection,
+)
 
 __all__ = [
     "ConfigError",
@@ -62,7 +70,11 @@ __all__ = [
     "TargetBudget",
     "TranslateSection",
     "EvalSection",
+    "ExperimentsSection",
+    "PackingSection",
     "ReportSection",
+    "SamplingSection",
+    "SpreadSection",
     "TrainSection",
     "Config",
     "load_config",

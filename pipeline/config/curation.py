@@ -361,6 +361,22 @@ class LangIdSection(Section):
     )
     min_words_for_common_words: int = Field(20, ge=1, description="fewer words: not judged by common words")
     min_chars: int = Field(30, ge=0, description="shorter texts are too short to judge and are kept")
+    short_text_chars: int = Field(
+        100, ge=0, description="shorter texts are removed only on contrary evidence, not on a low score alone"
+    )
+    short_contradiction: float = unit_interval(
+        0.3, "short texts: a language outside the group this probable is contrary evidence ..."
+    )
+    short_margin: float = unit_interval(0.2, "... when it is this much above the declared group")
+    short_min_words: int = Field(
+        6,
+        ge=1,
+        description="short texts: this many words and not one common word of the language is contrary evidence",
+    )
+    common_word_support: float = unit_interval(
+        0.2,
+        "a text with this share of the declared language's common words is kept whatever the model's score",
+    )
     top_k: int = Field(5, ge=1, description="predictions per text considered for the declared language")
     batch_size: int = Field(512, ge=1)
 
@@ -391,6 +407,7 @@ class QualityRuleBounds(Section):
     min_line_punct_ratio: float | None = None
     max_boilerplate_fraction: float | None = None
     min_stopwords: float | None = None
+    max_mojibake_ratio: float | None = None
 
 
 def _check_source_type_keys(mapping: dict[str, float]) -> dict[str, float]:
@@ -433,9 +450,14 @@ class QualitySection(Section):
         description="source_type -> minimum quality_score (0.5: the published web filters' bounds; 0: keep all)",
     )
     min_words: dict[str, float] = Field(
-        default_factory=lambda: {"default": 5, "web": 50, "terminology": 1},
-        description="source_type -> fewest words (Gopher's 50 for web text; scaled by chars_per_word "
+        default_factory=lambda: {"default": 1, "web": 50},
+        description="source_type -> fewest words (Gopher's 50 for web pages; scaled by chars_per_word "
         "for unsegmented scripts)",
+    )
+    heuristic_types: list[SourceType] = Field(
+        default_factory=lambda: ["web", "general"],
+        description="source types judged by every heuristic rule; the others (curated sources) only by "
+        "the defect rules: boilerplate, encoding garbage, duplicated lines and paragraphs",
     )
     rules: dict[str, QualityRuleBounds] = Field(
         default_factory=dict, description="language code (or 'default') -> rule bound overrides"
@@ -470,16 +492,25 @@ class QualitySection(Section):
 
 
 class BenchmarkRef(Section):
+    """One benchmark file (read by pipeline.benchmarks, for decontamination and evaluation alike)."""
+
     name: str
     path: str
-    language: str | None = None
-    source: str | None = None
+    format: str | None = Field(
+        None,
+        description="the file's layout: xmedbench, mcq_list, mcq_dict, medmcqa, medmcqa_hf, mmlu_csv, "
+        "cmmlu_csv, pubmedqa, yes_no, headqa (see pipeline/benchmarks.py); a missing one is an error "
+        "that suggests the format the file looks like",
+    )
+    language: str | None = Field(None, description="the questions' language, where rows do not name it")
+    source: str | None = Field(None, description="only the rows of this `source` (XMedBench files)")
+    optional: bool = Field(False, description="zero usable questions is a warning, not an error")
 
 
 class DecontamSection(Section):
     benchmarks: list[BenchmarkRef] = Field(
         default_factory=list,
-        description="MCQ JSONL files (question, options, answer) to decontaminate against",
+        description="benchmark files to decontaminate against (name, path, format, language)",
     )
     ngram_words: int = Field(13, ge=1, description="n-gram length in words (space-segmented languages)")
     ngram_chars: int = Field(50, ge=1, description="n-gram length in characters (zh, ja, th, lo)")

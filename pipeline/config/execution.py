@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.config.base import Section
+from pipeline.config.base import Section, unit_interval
 
 MAX_TASKS = 10_000  # more tasks than this is a typo (10^26) or a run of mostly empty tasks
 MAX_WORKERS = 4_096
@@ -15,6 +15,9 @@ MAX_WORKERS = 4_096
 class RunSection(Section):
     name: str = "medbabel"
     seed: int = 0
+    warn_removed_share: float = unit_interval(
+        0.05, "a filtering stage that removes more than this share of one language of one source warns"
+    )
 
 
 class RegistrySection(Section):

@@ -26,7 +26,7 @@ from pipeline.config.curation import (
     TranslateSection,
 )
 from pipeline.config.execution import ExecutorSection, RegistrySection, RunSection
-from pipeline.config.training import EvalSection, ReportSection, TrainSection
+from pipeline.config.training import EvalSection, ExperimentsSection, ReportSection, TrainSection
 
 
 class Config(Section):
@@ -47,6 +47,7 @@ class Config(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     report: ReportSection = ReportSection()
+    experiments: ExperimentsSection = ExperimentsSection()
 
     # Set by load_config: where the file lives (relative paths resolve against it).
     base_dir: Path = Field(default=Path("."), exclude=True)

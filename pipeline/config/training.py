@@ -1,13 +1,51 @@
-"""The training side's sections: Post-MoE training, evaluation and the run report (moe_train/)."""
+"""The training side's sections: Post-MoE training, evaluation, the run report and the experiments run by
+their own commands (moe_train/)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config.base import Section
 from pipeline.config.curation import BenchmarkRef
+
+
+class SamplingSection(Section):
+    """The order of one epoch of training rows (moe_train/data.py)."""
+
+    mode: Literal["phases", "weighted_shuffle"] = Field(
+        "phases",
+        description="weighted_shuffle: the paper's sampler, a weighted shuffle without replacement where a "
+        "higher `source_priorities` weight comes earlier in expectation; phases: rounds by ascending "
+        "priority, so the highest priority comes last",
+    )
+
+
+class PackingSection(Section):
+    """How documents are packed into rows of `seq_len` tokens (moe_train/data.py)."""
+
+    chat: Literal["whole", "split"] = Field(
+        "whole", description="whole: a chat example never spans two rows (the paper); split: cut it like text"
+    )
+    overlong: Literal["truncate", "skip"] = Field(
+        "truncate",
+        description="a chat example longer than seq_len: keep its first seq_len tokens (prompt and the start of "
+        "the answer), or leave it out",
+    )
+    lookahead: int = Field(
+        8,
+        ge=0,
+        description="examples that may wait for the next row while shorter ones fill this one (0: pad)",
+    )
+    cross_document_attention: bool = Field(
+        False,
+        description="the original: attention and position ids run across the documents of a row; "
+        "medbabel default: each document attends only to itself",
+    )
+
+
+Routing = Literal["hybrid", "language_specific", "free", "dense"]
 
 
 class TrainSection(Section):
@@ -22,6 +60,12 @@ class TrainSection(Section):
     tokenizer: str | None = Field(
         None, description="tokenizer dir; default: the checkpoint's own, else the bundled Qwen2 tokenizer"
     )
+    routing: Routing = Field(
+        "hybrid",
+        description="hybrid: top-k with the token's family expert forced in (the paper); language_specific: "
+        "top-1 forced to the family expert with weight 1 (top_k 1, shared_expert optional); free: stock "
+        "top-k; dense: no upcycling, the dense model trained on the same data",
+    )
     moe_layers: int = Field(2, ge=1, description="how many of the last decoder layers become MoE")
     top_k: int = Field(2, ge=1)
     norm_topk_prob: bool = Field(False, description="renormalise the top-k weights (the paper: false)")
@@ -30,7 +74,6 @@ class TrainSection(Section):
     router_supervision_coef: float = Field(
         0.0, ge=0, description="cross-entropy of router logits toward the family expert"
     )
-    hybrid_routing: bool = Field(True, description="force each token's family expert into its top-k")
     # data
     seq_len: int = Field(4096, ge=8)
     languages: list[str] = Field(default_factory=list, description="[] = every language in the shards")
@@ -38,12 +81,16 @@ class TrainSection(Section):
     source_types: list[str] = Field(default_factory=list, description="[] = every source type")
     source_priorities: dict[str, float] = Field(
         default_factory=dict,
-        description="source name or type -> priority; lower priorities come first in each epoch",
+        description="source name, type or glob -> priority: the weight of sampling.mode weighted_shuffle "
+        "(higher earlier, default 1), the phase of mode phases (lower first, default 0)",
     )
     source_repeats: dict[str, float] = Field(
-        default_factory=dict, description="source name or type -> times seen per epoch (fractions allowed)"
+        default_factory=dict,
+        description="source name, type or glob -> times seen per epoch (fractions allowed)",
     )
     chat_template: str = "User:{q}\nAssistant:{a}<|endoftext|>"
+    sampling: SamplingSection = SamplingSection()
+    packing: PackingSection = PackingSection()
     # optimisation
     micro_batch_size: int = Field(1, ge=1, description="sequences per GPU per micro-step")
     grad_accum: int = Field(1, ge=1)
@@ -51,7 +98,21 @@ class TrainSection(Section):
     lr: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(10, ge=0)
+    warmup_ratio: float | None = Field(
+        None, ge=0, le=1, description="warmup as a share of the schedule's horizon; overrides warmup_steps"
+    )
+    cosine_horizon: float = Field(
+        1.0,
+        ge=1.0,
+        description="the cosine reaches min_lr_ratio at horizon x max_steps; the original: 1.35 with "
+        "min_lr_ratio 0, so training stops 74% into its cosine",
+    )
     weight_decay: float = Field(0.1, ge=0)
+    decay_norm_weights: bool = Field(
+        False,
+        description="also decay norm weights (the original does: its no-decay list names 'LayerNorm.weight', "
+        "which no Qwen2 parameter matches); biases are never decayed",
+    )
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(1.0, gt=0)
     # evaluation, logging, checkpoints
@@ -93,19 +154,33 @@ class TrainSection(Section):
         False, description="FSDP2: keep the float32 weight shards, gradients and AdamW state in CPU memory"
     )
 
+    @model_validator(mode="after")
+    def _routing_fits(self) -> TrainSection:
+        if self.routing == "language_specific" and self.top_k != 1:
+            raise ValueError(
+                f"train.routing language_specific routes each token to its family expert alone: set top_k: 1 "
+                f"(got {self.top_k}); shared_expert: true adds the shared expert of the original"
+            )
+        return self
+
 
 class EvalSection(Section):
     model: str | None = Field(
         None, description="checkpoint directory to evaluate; OUT/train/export when unset"
     )
     benchmarks: list[BenchmarkRef] = Field(
-        default_factory=list, description="XMedBench/ApolloMoE-format MCQ files (.jsonl or .jsonl.gz)"
+        default_factory=list, description="benchmark files to evaluate on (name, path, format, language)"
     )
     modes: list[Literal["loglik", "generate"]] = Field(default_factory=lambda: ["loglik", "generate"])
     shots: int = Field(3, ge=0, description="solved examples per prompt, drawn from the same source")
     max_prompt_tokens: int = Field(3072, description="drop the last examples while a prompt is longer")
-    max_new_tokens: int = Field(
-        32, description="generate mode: decoding stops earlier at the first full line"
+    protocol: Literal["apollomoe", "medbabel"] = Field(
+        "apollomoe",
+        description="apollomoe: the original ApolloMoE code's prompts, extraction, 256 new tokens and "
+        "aggregation; medbabel: medbabel's variant (docs/eval_report.md lists the differences)",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="generate mode; unset: the protocol's (apollomoe 256, medbabel 32)"
     )
     max_questions_per_language: int | None = Field(None, description="seeded subsample per language")
     batch_size: int = Field(8, ge=1)
@@ -120,9 +195,20 @@ class EvalSection(Section):
     routing_min_tokens: int = Field(
         1, description="languages with fewer routed tokens are left out of divergences"
     )
-    spread_steps: int = Field(30, ge=0, description="`moe_train.spread`: training steps")
-    spread_lr: float = Field(1e-3, description="`moe_train.spread`: peak learning rate (train.lr)")
-    spread_seq_len: int = Field(256, description="`moe_train.spread`: packed sequence length (train.seq_len)")
+
+
+class SpreadSection(Section):
+    """`python -m moe_train.spread`: the "Spread Out in the End" experiment (not part of `make eval`)."""
+
+    steps: int = Field(30, ge=0, description="training steps")
+    lr: float = Field(1e-3, description="peak learning rate (its train.lr)")
+    seq_len: int = Field(256, description="packed sequence length (its train.seq_len)")
+
+
+class ExperimentsSection(Section):
+    """Experiments run by their own commands (moe_train.spread, moe_train.sweep), outside the stage DAG."""
+
+    spread: SpreadSection = SpreadSection()
 
 
 class ReportSection(Section):

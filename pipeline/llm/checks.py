@@ -24,7 +24,7 @@ import regex
 from pipeline.record_io import Rejection
 from pipeline.registry import Registry
 from pipeline.text.fasttext_lid import LanguageIdentifier
-from pipeline.text.lid_verify import LidThresholds, script_fraction, verify
+from pipeline.text.lid_verify import CommonWords, LidThresholds, script_fraction, verify
 
 _LETTER = regex.compile(r"\p{L}")
 # A number: digit runs joined by one grouping/decimal separator (a space only before 3 digits).
@@ -62,6 +62,31 @@ _CHATTER = [
 ]
 _UNSPACED_WEIGHT = 3.0  # characters of a space-delimited language per character of zh/ja/th/lo
 _MIN_CHARS_FOR_RATIO = 40
+_SHORT_SOURCE_CHARS = 60  # a dialogue turn or a title: translations vary more in length ...
+_SHORT_RATIO_SLACK = 1.5  # ... so its ratio bounds are this much wider
+# Numbers a human translator rightly changes or leaves out: those inside a name or code (COVID-19,
+# SARS-CoV-2, H1N1: translated as "کۆڕۆنا 2019" or the local name), and citation markers ([12], [3, 4]).
+_IDENTIFIER_NUMBER = regex.compile(r"\p{L}[\p{L}\d]*-?\d+[\p{L}\d]*|\d+[\p{L}][\p{L}\d]*")
+_CITATION = regex.compile(r"\[\d+(?:\s*[,–-]\s*\d+)*\]")
+_PM = regex.compile(r"\b(1[01]|[1-9])\s?p\.?m\b", regex.I)
+_SCALE_WORDS = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+_SCALED = regex.compile(r"(\d+(?:[.,]\d+)?)\s+(thousand|million|billion)\b", regex.I)
+# How languages write "per cent" besides the sign: a translator writes "asilimia 5" for "5%".
+PERCENT_WORDS: dict[str, tuple[str, ...]] = {
+    "sw": ("asilimia",),
+    "ha": ("kashi",),
+    "rw": ("ku ijana", "ijanisha"),
+    "ln": ("pursa", "pourcent", "na nkama"),
+    "ig": ("pasent", "n'otu narị"),
+    "bm": ("kɛmɛsarada", "pourcent"),
+    "nso": ("diperesente", "phesente"),
+    "fr": ("pour cent", "pourcent"),
+    "es": ("por ciento",),
+    "pt": ("por cento",),
+    "it": ("per cento",),
+    "de": ("prozent",),
+    "en": ("per cent", "percent"),
+}
 
 
 def _ascii_digits(run: str) -> str:
@@ -71,10 +96,16 @@ def _ascii_digits(run: str) -> str:
 def numbers(text: str) -> Counter:
     """The numbers of `text` as ASCII digit strings (any script's digits), as a multiset.
 
-    Grouping and decimal separators are dropped, so 1,279 / 1279 / 1 279 and 2.5 / 2,5 compare equal
-    whatever the locale (Indian 10,51,635 included).
+    Grouping and decimal separators and leading zeros are dropped, so 1,279 / 1279 / 1 279, 2.5 / 2,5
+    and 4 / 04 compare equal whatever the locale (Indian 10,51,635 included).
     """
-    return Counter(_ascii_digits(regex.sub(r"\D", "", m)) for m in _NUMBER.findall(text))
+    return Counter(_ascii_digits(regex.sub(r"\D", "", m)).lstrip("0") or "0" for m in _NUMBER.findall(text))
+
+
+def required_numbers(text: str) -> Counter:
+    """The numbers a translation must keep: those of `text` outside names and codes (COVID-19) and
+    citation markers ([12])."""
+    return numbers(_CITATION.sub(" ", _IDENTIFIER_NUMBER.sub(" ", text)))
 
 
 def _normal_words(text: str) -> str:
@@ -99,6 +130,7 @@ class OutputChecker:
         self.thresholds = LidThresholds(
             default=0.02, contradiction=0.8, min_script_fraction=0.25, min_chars=20
         )
+        self.common_words = CommonWords.shipped()
 
     # ---- single checks ---------------------------------------------------------------------------
     def chatter_problem(self, source: str, output: str) -> Rejection | None:
@@ -137,7 +169,9 @@ class OutputChecker:
                 script_fraction(text, language.scripts) >= self.thresholds.min_script_fraction
             ):
                 return None  # the model is unsure: a short segment is beyond what it can judge
-        verdict = verify(text, expected, predictions, self.registry, self.thresholds, self.model)
+        verdict = verify(
+            text, expected, predictions, self.registry, self.thresholds, self.model, self.common_words
+        )
         return None if verdict.keep else Rejection(verdict.reason, verdict.detail)
 
     def length_problem(self, source: str, output: str, source_language: str, target: str) -> Rejection | None:
@@ -149,6 +183,8 @@ class OutputChecker:
         }
         ratio = (len(output) * weight[target]) / (len(source) * weight[source_language])
         low, high = self.length_ratio
+        if len(source) < _SHORT_SOURCE_CHARS:
+            low, high = low / _SHORT_RATIO_SLACK, high * _SHORT_RATIO_SLACK
         if not low <= ratio <= high:
             return Rejection(
                 "length_ratio",
@@ -158,14 +194,34 @@ class OutputChecker:
         return None
 
     def numbers_problem(self, source: str, output: str, target: str) -> Rejection | None:
-        missing = numbers(source) - numbers(output)
+        """The source's quantities are all in the output (in any script's digits); numbers inside names
+        and citation markers may go, "52 thousand" may become 52 000; a dose or per-cent unit must
+        stay, as its symbol or (per cent) the target language's word for it."""
+        kept = numbers(output)
+        missing = required_numbers(source) - kept
+        for hour in _PM.finditer(source):  # 10 p.m. -> 22:00
+            if missing[hour.group(1)] and kept[str(int(hour.group(1)) + 12)]:
+                missing[hour.group(1)] -= 1
+        missing = +missing
+        for scaled in _SCALED.finditer(source):
+            value = numbers(scaled.group(1))
+            if value & missing:
+                whole = str(
+                    round(float(scaled.group(1).replace(",", ".")) * _SCALE_WORDS[scaled.group(2).lower()])
+                )
+                if kept[whole]:
+                    missing -= value
         if missing:
             return Rejection("numbers_changed", f"missing number(s): {', '.join(sorted(missing.elements()))}")
         if "Latn" in self.registry.get(target).scripts:
+            folded = output.casefold()
             for match in _DOSE.finditer(source):
                 unit = match.group(1)
-                if unit.casefold() not in output.casefold():
-                    return Rejection("numbers_changed", f"unit {unit!r} of {match.group(0)!r} is missing")
+                if unit.casefold() in folded:
+                    continue
+                if unit == "%" and any(word in folded for word in PERCENT_WORDS.get(target, ())):
+                    continue
+                return Rejection("numbers_changed", f"unit {unit!r} of {match.group(0)!r} is missing")
         return None
 
     # ---- whole checks ----------------------------------------------------------------------------

@@ -7,20 +7,13 @@ from dataclasses import replace
 
 from datatrove.data import Document
 
+from pipeline.benchmarks import OptionError, parse_answer, parse_options
 from pipeline.config import CollectSection, SourceSection
 from pipeline.readers.rejects import Reject
 from pipeline.record_io import record_to_document
 from pipeline.registry import Registry, UnknownLanguageError
 from pipeline.schema import empty_record, stable_id
-from pipeline.text.normalize import (
-    ROLE_ALIASES,
-    ExamFormatError,
-    answer_letter,
-    exam_messages,
-    normalize_text,
-    parse_options,
-    render_messages,
-)
+from pipeline.text.normalize import ROLE_ALIASES, exam_messages, normalize_text, render_messages
 
 
 def get_field(item: dict, field: str) -> object:
@@ -125,12 +118,15 @@ class RecordBuilder:
                 missing = s.options_field if raw_options is None else s.answer_field
                 return Reject("missing_field", f"no field '{missing}'", language=language)
             try:
-                options = [normalize_text(o) for o in parse_options(raw_options)]
-                answer = answer_letter(
-                    normalize_text(raw_answer) if isinstance(raw_answer, str) else raw_answer, options
+                parsed = tuple((label, normalize_text(text)) for label, text in parse_options(raw_options))
+                answers = parse_answer(
+                    normalize_text(raw_answer) if isinstance(raw_answer, str) else raw_answer, parsed
                 )
-            except ExamFormatError as exc:
+                if len(answers) != 1:
+                    raise OptionError(f"{len(answers)} correct answers; an exam record has one")
+            except OptionError as exc:
                 return Reject("bad_field", str(exc), language=language)
+            options, answer = [text for _, text in parsed], answers[0]
             exam = {"question": question, "options": options, "answer": answer}
             messages = exam_messages(question, options, answer)
             text = render_messages(messages) if question.strip() else ""

@@ -74,9 +74,23 @@ class LidThresholds:
     contradiction: float = 0.8
     min_script_fraction: float = 0.5
     min_chars: int = 30
+    # A text shorter than `min_chars` is still judged by its script from `min_script_letters` letters, and
+    # removed when fewer than `min_script_fraction_short` of them are in its scripts (terms mix scripts).
+    min_script_letters: int = 8
+    min_script_fraction_short: float = 0.2
     min_common_word_share: float = 0.08  # for a language the model lacks: its stop words' share of the words
     common_word_margin: float = 0.05  # ... and by how much another listed language's share may exceed it
     min_words_for_common_words: int = 20  # fewer words: too few to judge by common words
+    # Short texts (fewer than `short_text_chars` characters) are removed only on contrary evidence: a
+    # language outside the group scoring at least `short_contradiction` and `short_margin` above the
+    # declared group, or not one common word of the declared language among `short_min_words` or more.
+    short_text_chars: int = 100
+    short_contradiction: float = 0.3
+    short_margin: float = 0.2
+    short_min_words: int = 6
+    # A text at least this share of whose words are the declared language's common words (and no
+    # other listed language's more) reads as that language whatever the model's score.
+    common_word_support: float = 0.2
 
     def for_language(self, code: str) -> float:
         return self.per_language.get(code, self.default)
@@ -177,7 +191,7 @@ class CommonWords:
 
     @classmethod
     def shipped(cls) -> CommonWords:
-        """The stop-word lists of `pipeline/text/quality_languages.yaml`."""
+        """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`)."""
         return cls(stopword_lists())
 
     def counts(self, words: Iterable[str]) -> Counter[str]:
@@ -217,6 +231,47 @@ def common_word_contradiction(
     return None
 
 
+# Languages never written without their own script: a prediction of one of them for a text with no
+# letter of that script is not evidence (lid.176 calls kana-less Chinese text Japanese).
+REQUIRED_SCRIPTS: dict[str, tuple[str, ...]] = {"ja": ("Hira", "Kana"), "ko": ("Hang",)}
+_REQUIRED = {
+    code: regex.compile("[" + "".join(rf"\p{{Script={s}}}" for s in scripts) + "]")
+    for code, scripts in REQUIRED_SCRIPTS.items()
+}
+# Scripts whose words `_list_words` finds whole (no combining marks inside words), where a text without
+# a single common word of its declared language is evidence against it.
+_WHOLE_WORD_SCRIPTS = frozenset({"Latn", "Cyrl", "Grek"})
+
+
+def credible(text: str, predictions: Sequence[LidPrediction]) -> tuple[list[LidPrediction], float]:
+    """The predictions that the text's script allows, and the probability of those it does not."""
+    kept, dropped = [], 0.0
+    for p in predictions:
+        pattern = _REQUIRED.get(p.language)
+        if pattern is not None and not pattern.search(text):
+            dropped += p.score
+        else:
+            kept.append(p)
+    return kept, dropped
+
+
+def common_word_support(
+    text: str, declared: str, common_words: CommonWords | None, thresholds: LidThresholds
+) -> tuple[bool, bool]:
+    """(the text reads as `declared` by its common words, the text has none of them among enough
+    words to tell): both False without a list, or with too few words."""
+    if common_words is None or declared not in common_words.codes:
+        return False, False
+    shares = common_word_shares(text, common_words, min(3, thresholds.short_min_words))
+    if shares is None:
+        return False, False
+    share = shares.get(declared, 0.0)
+    rival = max((s for code, s in shares.items() if code != declared), default=0.0)
+    supported = share >= thresholds.common_word_support and share >= rival
+    n_words = len(_list_words(text))
+    return supported, share == 0.0 and n_words >= thresholds.short_min_words
+
+
 def verify(
     text: str,
     declared: str,
@@ -233,18 +288,47 @@ def verify(
     top = predictions[0] if predictions else None
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
-    if len(text) < thresholds.min_chars:
-        return Verdict(True, lid_language, lid_score)
     language = registry.get(declared)
+    if len(text) < thresholds.min_chars:  # too short for the model; the script still tells
+        if _letter_count(text) >= thresholds.min_script_letters:
+            fraction = script_fraction(text, language.scripts)
+            if fraction < thresholds.min_script_fraction_short:
+                return Verdict(
+                    False,
+                    lid_language,
+                    lid_score,
+                    WRONG_SCRIPT,
+                    _script_detail(text, declared, language, fraction),
+                )
+        return Verdict(True, lid_language, lid_score)
     group = registry.confusable_with(declared)
     if language.lid_labels_for(model):
         mass = sum(p.score for p in predictions if p.language in group)
-        if mass >= thresholds.for_language(declared):
+        if mass >= thresholds.for_language(declared):  # most texts: no further work
             return Verdict(True, lid_language, lid_score)
+        allowed, dropped = credible(text, predictions)
+        if dropped:
+            mass /= max(1.0 - dropped, 1e-6)
+            if mass >= thresholds.for_language(declared):
+                return Verdict(True, lid_language, lid_score)
         fraction = script_fraction(text, language.scripts)
+        if fraction >= thresholds.min_script_fraction:
+            supported, none_common = common_word_support(text, declared, common_words, thresholds)
+            if supported:
+                return Verdict(True, lid_language, lid_score)
+            if len(text) < thresholds.short_text_chars:
+                rival = max((p.score for p in allowed if p.language not in group), default=0.0)
+                contrary = rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
+                none_common = none_common and set(language.scripts) <= _WHOLE_WORD_SCRIPTS
+                if not (contrary or none_common):
+                    return Verdict(True, lid_language, lid_score)
     else:
         fraction = script_fraction(text, language.scripts)
         contradicted = top is not None and top.language not in group and top.score >= thresholds.contradiction
+        if contradicted and fraction >= thresholds.min_script_fraction:
+            # a confident detection of another language on a text that reads as the declared one by
+            # its common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
+            contradicted = not common_word_support(text, declared, common_words, thresholds)[0]
         if fraction >= thresholds.min_script_fraction and not contradicted:
             reason = (
                 None
@@ -257,11 +341,9 @@ def verify(
                 False, lid_language, lid_score, WRONG_LANGUAGE, f"{reason} (detected {lid_language})"
             )
     if fraction < thresholds.min_script_fraction:
-        detail = (
-            f"declared {declared} ({'/'.join(language.scripts)}), text is mostly {dominant_script(text)}, "
-            f"{1 - fraction:.0%} of letters outside"
+        return Verdict(
+            False, lid_language, lid_score, WRONG_SCRIPT, _script_detail(text, declared, language, fraction)
         )
-        return Verdict(False, lid_language, lid_score, WRONG_SCRIPT, detail)
     detail = (
         f"declared {declared}, detected {lid_language} ({top.score:.2f})"
         if top
@@ -270,6 +352,17 @@ def verify(
     if top is not None and top.language in group:
         detail += f", below threshold {thresholds.for_language(declared):.2f}"
     return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+
+
+def _letter_count(text: str) -> int:
+    return sum(map(len, _LETTERS.findall(text)))
+
+
+def _script_detail(text: str, declared: str, language, fraction: float) -> str:
+    return (
+        f"declared {declared} ({'/'.join(language.scripts)}), text is mostly {dominant_script(text)}, "
+        f"{1 - fraction:.0%} of letters outside"
+    )
 
 
 class LanguageVerifier:

@@ -11,100 +11,45 @@ rest up in one sorted array.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
-import regex
 
 from pipeline import atomic
-from pipeline.config import ConfigError
+from pipeline.benchmarks import BenchmarkItem, canonical_letter
 from pipeline.text.minhash import token_hashes
 from pipeline.text.segment import segment
 
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse modulo 2**64
 _BASE_INVERSE = np.uint64(pow(int(_BASE), -1, 1 << 64))
-_OPTION_LABEL = regex.compile(r"^\s*\(?([A-Za-z]|\d{1,2})[).:：]\s*")
-_ANSWER_LABEL = regex.compile(r"^\s*\(?[A-Za-z]\)?\s*$")
-
-
-class BenchmarkError(ConfigError):
-    """A configured benchmark file that cannot be read; the message names the file, line and reason."""
 
 
 @dataclass(frozen=True)
 class BenchmarkText:
     benchmark: str
     item: str
-    field: str  # question, option A, ...
+    field: str  # question, context, option A, ...
     language: str
     text: str
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def read_benchmark(
-    name: str, path: Path, registry, language: str | None = None, source: str | None = None
-) -> list[BenchmarkText]:
-    """Questions and options of an MCQ JSONL file (`question`, `options` "(A) ...\\n(B) ...", `answer`)."""
-    if not path.is_file():
-        raise BenchmarkError(f"{path}: benchmark file '{name}' not found")
+def benchmark_texts(items: list[BenchmarkItem]) -> list[BenchmarkText]:
+    """The texts of benchmark items that a training document must not contain: each question, its
+    context passage (PubMedQA's abstract, RuMedDaNet's paragraph) and each option."""
     texts: list[BenchmarkText] = []
-    try:
-        with _open(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                texts += _item_texts(name, path, lineno, line, registry, language, source)
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError) as exc:
-        raise BenchmarkError(f"{path}: cannot read benchmark '{name}': {exc}") from None
-    return texts
-
-
-def _item_texts(name, path, lineno, line, registry, language, source) -> list[BenchmarkText]:
-    where = f"{path}:{lineno}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise BenchmarkError(f"{where}: expected a JSON object")
-    if source is not None and row.get("source") != source:
-        return []
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise BenchmarkError(f"{where}: missing or empty 'question'")
-    raw_language = language or row.get("lang") or row.get("language")
-    if not raw_language:
-        raise BenchmarkError(f"{where}: no language (set 'language' for this benchmark in the config)")
-    try:
-        code = registry.normalize_code(str(raw_language))
-    except ValueError as exc:
-        raise BenchmarkError(f"{where}: {exc}") from None
-    item = str(row.get("id") or f"{name}:{lineno}")
-    texts = [BenchmarkText(name, item, "question", code, question)]
-    options = row.get("options") or []
-    if isinstance(options, str):
-        options = [o for o in options.split("\n") if o.strip()]
-    elif isinstance(options, dict):
-        options = [f"({k}) {v}" for k, v in options.items()]
-    if not isinstance(options, list):
-        raise BenchmarkError(f"{where}: 'options' must be a string, a list or a mapping")
-    for i, option in enumerate(options):
-        option = str(option)
-        label = _OPTION_LABEL.match(option)
-        letter = label.group(1) if label else chr(ord("A") + i)
-        texts.append(
-            BenchmarkText(name, item, f"option {letter}", code, option[label.end() :] if label else option)
-        )
-    answer = row.get("answer")
-    if isinstance(answer, str) and answer.strip() and not _ANSWER_LABEL.match(answer):
-        texts.append(BenchmarkText(name, item, "answer", code, answer))
+    for item in items:
+        texts.append(BenchmarkText(item.benchmark, item.id, "question", item.language, item.question))
+        if item.context:
+            texts.append(BenchmarkText(item.benchmark, item.id, "context", item.language, item.context))
+        for label, option in item.options:
+            texts.append(
+                BenchmarkText(
+                    item.benchmark, item.id, f"option {canonical_letter(label)}", item.language, option
+                )
+            )
     return texts
 
 

@@ -14,12 +14,16 @@ from collections.abc import Iterable
 
 # \r\n, \r, NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR all become \n.
 _NEWLINES = re.compile("\r\n?|[\x85\u2028\u2029]")
-# Unicode control characters (category Cc) except \t and \n.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Unicode control characters (category Cc) except \t and \n, and the bidirectional embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069): they reorder what a reader sees without
+# changing what a model reads (the "Trojan Source" trick). The bidi marks (LRM, RLM, ALM) and the
+# zero-width joiner and non-joiner that Indic and Persian-script words need are kept.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFC, newlines as \\n, control characters (except \\t and \\n) removed; nothing else.
+    """Unicode NFC, newlines as \\n, control characters (except \\t and \\n) and bidi overrides removed;
+    nothing else.
 
     Whitespace, case, punctuation and markup are left alone: later stages judge them.
     """
@@ -80,69 +84,6 @@ def render_messages(messages: list[dict]) -> str:
 
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# An option marker: (A), （A）, A), A., A: at the start of the text or after whitespace.
-_MARKER = re.compile(r"(?:^|(?<=\s))[(（]([A-Z])[)）]\s*")
-_ANSWER = re.compile(r"^\s*[(（]?([A-Za-z])[)）.:：]?\s*$")
-_ANSWER_PREFIX = re.compile(r"^\s*[(（]([A-Z])[)）]")
-
-
-class ExamFormatError(ValueError):
-    """Options or an answer that cannot be read as a multiple-choice item."""
-
-
-def _strip_own_marker(letter: str, option: str) -> str:
-    """'B. Aspirin' at position B -> 'Aspirin'; a marker with another letter is kept as text."""
-    match = re.match(rf"^\s*[(（]?{letter}[)）.:：]\s+", option)
-    return option[match.end() :].strip() if match else option.strip()
-
-
-def parse_options(value: object) -> list[str]:
-    """Options as a list of strings, from a list, an {"A": ...} mapping or an "(A) ...\\n(B) ..." string."""
-    if isinstance(value, dict):
-        keys = [str(k).strip().strip("()（）.").upper() for k in value]
-        if sorted(keys) != list(LETTERS[: len(keys)]):
-            raise ExamFormatError(f"option keys {list(value)} are not A, B, C...")
-        options = [str(value[k]) for k, _ in sorted(zip(value, keys, strict=True), key=lambda kv: kv[1])]
-    elif isinstance(value, list):
-        if not all(isinstance(v, str) for v in value):
-            raise ExamFormatError("options list holds non-strings")
-        options = [_strip_own_marker(LETTERS[i], v) for i, v in enumerate(value[: len(LETTERS)])]
-    elif isinstance(value, str):
-        markers = list(_MARKER.finditer(value))
-        letters = "".join(m.group(1) for m in markers)
-        if markers and letters == LETTERS[: len(markers)]:
-            ends = [m.start() for m in markers[1:]] + [len(value)]
-            options = [value[m.end() : end].strip() for m, end in zip(markers, ends, strict=True)]
-        else:
-            lines = [line for line in value.splitlines() if line.strip()]
-            options = [_strip_own_marker(LETTERS[i], line) for i, line in enumerate(lines[: len(LETTERS)])]
-    else:
-        raise ExamFormatError(f"options are {type(value).__name__}, expected a list, mapping or string")
-    if len(options) < 2:
-        raise ExamFormatError(f"{len(options)} option(s); a multiple-choice item needs at least 2")
-    if any(not option for option in options):
-        raise ExamFormatError("an option is empty")
-    return options
-
-
-def answer_letter(answer: object, options: list[str]) -> str:
-    """The answer as a letter: from 'C', '(C)', 'c.', '(C) text', a 0-based index, or the option's text."""
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        if 0 <= answer < len(options):
-            return LETTERS[answer]
-        raise ExamFormatError(f"answer index {answer} is outside the {len(options)} options")
-    if not isinstance(answer, str):
-        raise ExamFormatError(f"answer is {type(answer).__name__}, expected a letter, index or option text")
-    match = _ANSWER.match(answer) or _ANSWER_PREFIX.match(answer)
-    if match:
-        letter = match.group(1).upper()
-        if LETTERS.index(letter) < len(options):
-            return letter
-        raise ExamFormatError(f"answer {answer!r} names no option (there are {len(options)})")
-    stripped = answer.strip()
-    if stripped in options:
-        return LETTERS[options.index(stripped)]
-    raise ExamFormatError(f"answer {answer[:80]!r} is neither a letter nor one of the options")
 
 
 def format_options(options: list[str]) -> str:

@@ -10,12 +10,14 @@ also says by how much a document passed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import regex
+from ftfy.badness import badness
 
 from pipeline import yaml_files
 from pipeline.text.normalize import SubstringSet
@@ -32,31 +34,45 @@ _LINE_SEPARATORS = " \t|>»›/:-–—•·*"
 
 @dataclass(frozen=True)
 class Rule:
-    """One bound on one signal: `signal` must stay below (upper) or above (lower) `bound`."""
+    """One bound on one signal: `signal` must stay below (upper) or above (lower) `bound`.
+
+    A signal of a short text is noisy (a stop-word ratio or a top n-gram fraction of one sentence), so
+    each rule carries a confidence that grows with the text's length: `full_words` words (scaled like
+    the length minimum for unsegmented scripts) give full confidence c = 1; a shorter text is judged
+    against a bound loosened by c (an upper bound divided by c, a lower one multiplied by it), and not
+    at all below c = MIN_CONFIDENCE or under `min_lines` lines. `defect` rules find real defects
+    (boilerplate, encoding garbage, duplicated lines and paragraphs) and judge every source type; the
+    others are the web-text heuristics, applied only to `quality.heuristic_types` (web, general)."""
 
     signal: str
     bound: str
     upper: bool
     margin: float  # ramp half-width as a fraction of the bound
     min_margin: float  # ... but never narrower than this
+    full_words: int = 0
+    min_lines: int = 0
+    defect: bool = False
 
 
+MIN_CONFIDENCE = 0.2
 RULES: tuple[Rule, ...] = (
     Rule("n_words", "min_words", False, 0.5, 1.0),
     Rule("n_words", "max_words", True, 0.1, 1.0),
-    Rule("mean_word_length", "min_mean_word_length", False, 0.3, 0.3),
-    Rule("mean_word_length", "max_mean_word_length", True, 0.3, 0.3),
-    Rule("symbol_ratio", "max_symbol_ratio", True, 1.0, 0.05),
-    Rule("digit_ratio", "max_digit_ratio", True, 0.5, 0.05),
-    Rule("alpha_word_ratio", "min_alpha_word_ratio", False, 0.25, 0.05),
-    Rule("dup_line_fraction", "max_dup_line_fraction", True, 1.0, 0.05),
-    Rule("dup_paragraph_fraction", "max_dup_paragraph_fraction", True, 1.0, 0.05),
-    Rule("top_ngram_fraction", "max_top_ngram_fraction", True, 1.0, 0.05),
-    Rule("dup_ngram_fraction", "max_dup_ngram_fraction", True, 1.0, 0.05),
-    Rule("line_punct_ratio", "min_line_punct_ratio", False, 1.0, 0.1),
-    Rule("boilerplate_fraction", "max_boilerplate_fraction", True, 1.0, 0.05),
-    Rule("stopwords", "min_stopwords", False, 1.0, 1.0),
+    Rule("mean_word_length", "min_mean_word_length", False, 0.3, 0.3, full_words=50),
+    Rule("mean_word_length", "max_mean_word_length", True, 0.3, 0.3, full_words=50),
+    Rule("symbol_ratio", "max_symbol_ratio", True, 1.0, 0.05, full_words=20),
+    Rule("digit_ratio", "max_digit_ratio", True, 0.5, 0.05, full_words=20),
+    Rule("alpha_word_ratio", "min_alpha_word_ratio", False, 0.25, 0.05, full_words=50),
+    Rule("dup_line_fraction", "max_dup_line_fraction", True, 1.0, 0.05, min_lines=2, defect=True),
+    Rule("dup_paragraph_fraction", "max_dup_paragraph_fraction", True, 1.0, 0.05, defect=True),
+    Rule("top_ngram_fraction", "max_top_ngram_fraction", True, 1.0, 0.05, full_words=100),
+    Rule("dup_ngram_fraction", "max_dup_ngram_fraction", True, 1.0, 0.05, full_words=100),
+    Rule("line_punct_ratio", "min_line_punct_ratio", False, 1.0, 0.1, min_lines=3),
+    Rule("boilerplate_fraction", "max_boilerplate_fraction", True, 1.0, 0.05, defect=True),
+    Rule("stopwords", "min_stopwords", False, 1.0, 1.0, full_words=50),
+    Rule("mojibake_ratio", "max_mojibake_ratio", True, 1.0, 0.01, defect=True),
 )
+HEURISTIC_TYPES = ("web", "general")  # source types the web heuristics apply to in full (the default)
 BOUND_NAMES = tuple(dict.fromkeys(r.bound for r in RULES if r.bound != "min_words"))
 
 
@@ -108,11 +124,31 @@ def _language_file() -> dict:
 
 @lru_cache(maxsize=1)
 def stopword_lists() -> dict[str, list[str]]:
-    """The shipped stop-word lists by language code (quality's stop-word rule, language ID's check of
-    the languages its model lacks); checked once. Read-only: callers share it."""
+    """Stop words by language code (quality's stop-word rule, language ID's common-word check):
+    medbabel's small lists of function words (`stopwords` in quality_languages.yaml) where written,
+    the maintained stopwords-iso lists for the other languages `maintained_stopwords` names; checked
+    once. Read-only: callers share it."""
     lists = _language_file()["stopwords"]
     check_stopword_lists(lists, LANGUAGE_RULES_PATH)
-    return lists
+    return {**maintained_stopword_lists(), **lists}
+
+
+@lru_cache(maxsize=1)
+def maintained_stopword_lists() -> dict[str, list[str]]:
+    """The stopwords-iso lists (package `stopwordsiso`, offline) of the languages `maintained_stopwords`
+    names, lower-cased like the segmented words they are matched against."""
+    import stopwordsiso
+
+    spec = _language_file()["maintained_stopwords"]
+    missing = [code for code in spec["languages"] if not stopwordsiso.has_lang(str(code))]
+    if missing:
+        raise ValueError(
+            f"{LANGUAGE_RULES_PATH}: maintained_stopwords: stopwordsiso has no list for {missing}"
+        )
+    return {
+        str(code): sorted({w.lower() for w in stopwordsiso.stopwords(str(code))})
+        for code in spec["languages"]
+    }
 
 
 def check_stopword_lists(lists: dict, path: Path) -> None:
@@ -198,7 +234,31 @@ def compute_signals(text: str, words: list[str], rules: LanguageRules) -> dict[s
         "line_punct_ratio": sum(1 for line in lines if _ends_sentence(line)) / len(lines) if lines else 0.0,
         "boilerplate_fraction": rules.boilerplate.count(text, lines) / len(lines) if lines else 0.0,
         "stopword_ratio": None if stop_count is None else stop_count / max(n_words, 1),
+        "mojibake_ratio": mojibake_ratio(text, n_words),
     }
+
+
+MOJIBAKE_SAMPLE = 4000  # characters read: mojibake runs through a whole text, and the cost stays flat
+
+
+# A UTF-8 lead byte read as Latin-1/cp1252 (Â..ï) followed by a continuation byte so read (U+0080..U+00BF
+# or cp1252's € ‚ ƒ „ … † ‡ ˆ ‰ Š ‹ Œ Ž ‘ ’ “ ” • – — ˜ ™ š › œ ž Ÿ): a text without one has no such
+# mojibake, and is not handed to ftfy's costlier scan (a few milliseconds per 4,000 characters).
+_MOJIBAKE_HINT = re.compile(
+    "[\u00c2-\u00ef][\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160"
+    "\u2039\u0152\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153"
+    "\u017e\u0178]"
+)
+
+
+def mojibake_ratio(text: str, n_words: int) -> float:
+    """Sequences that look like UTF-8 decoded in a legacy encoding (`ftfy.badness`: 'Ã©', 'â€™'...)
+    per word, read from the first characters."""
+    sample = text[:MOJIBAKE_SAMPLE]
+    if sample.isascii() or not _MOJIBAKE_HINT.search(sample):
+        return 0.0
+    words = n_words if len(text) <= MOJIBAKE_SAMPLE else max(1, round(n_words * len(sample) / len(text)))
+    return badness(sample) / max(words, 1)
 
 
 def _alpha_word_ratio(text: str, words: list[str], segmentation: str) -> float:
@@ -273,8 +333,26 @@ def rule_score(value: float, bound: float, upper: bool, margin: float, min_margi
     return min(1.0, max(0.0, 0.5 + 0.5 * distance / width))
 
 
-def score_rules(signals: dict[str, float | None], rules: LanguageRules, min_words: float) -> dict[str, float]:
-    """Score of every applicable rule, keyed by signal name (the weakest rule per signal)."""
+def confidence(rule: Rule, signals: dict[str, float | None], rules: LanguageRules, heuristics: bool) -> float:
+    """How far `rule` may judge this text, in [0, 1]: 0 for a web heuristic on a curated source (the
+    length bounds, set per source type, always judge), or a text too short (see `Rule`); otherwise the
+    share of `full_words` the text has, at most 1."""
+    if not (rule.defect or heuristics or rule.signal == "n_words"):  # lengths: set per source type
+        return 0.0
+    if signals.get("n_lines", 1) < rule.min_lines:
+        return 0.0
+    if not rule.full_words:
+        return 1.0
+    c = min(1.0, signals.get("n_words", 0) / (rule.full_words * rules.chars_per_word))
+    return c if c >= MIN_CONFIDENCE else 0.0
+
+
+def score_rules(
+    signals: dict[str, float | None], rules: LanguageRules, min_words: float, heuristics: bool = True
+) -> dict[str, float]:
+    """Score of every rule that judges this text, against its bound loosened by the rule's confidence
+    (see `Rule`), keyed by signal name (the weakest rule per signal). `heuristics`: whether the web
+    heuristics apply (web/general text) or only the defect rules."""
     values = dict(signals)
     if signals.get("stopword_ratio") is not None:
         values["stopwords"] = round(signals["stopword_ratio"] * signals["n_words"])
@@ -284,9 +362,11 @@ def score_rules(signals: dict[str, float | None], rules: LanguageRules, min_word
         value = values.get(rule.signal)
         if value is None or rule.bound not in bounds:
             continue
-        if rule.signal == "line_punct_ratio" and signals.get("n_lines", 2) < 2:
-            continue  # one line says nothing about line structure (FineWeb's rule targets lists and menus)
-        score = rule_score(value, bounds[rule.bound], rule.upper, rule.margin, rule.min_margin)
+        c = confidence(rule, signals, rules, heuristics)
+        if not c:
+            continue
+        bound = bounds[rule.bound] / c if rule.upper else bounds[rule.bound] * c
+        score = rule_score(value, bound, rule.upper, rule.margin, rule.min_margin)
         name = "stopword_ratio" if rule.signal == "stopwords" else rule.signal
         scores[name] = min(score, scores.get(name, 1.0))
     return scores
@@ -312,6 +392,7 @@ class Assessment:
     score: float
     weakest: str
     signals: dict[str, float | None]
+    rule_scores: dict[str, float]  # the rules that judged the text (too short for the others)
 
 
 def assess(
@@ -321,9 +402,12 @@ def assess(
     min_words: float,
     medical_score: float | None = None,
     medical_weight: float = 0.0,
+    heuristics: bool = True,
 ) -> Assessment:
-    """Signals, rule scores and the combined score of one document."""
+    """Signals, rule scores and the combined score of one document; `heuristics`: whether the web
+    heuristics judge it (web/general text) or only the defect rules (curated sources)."""
     signals = compute_signals(text, words, rules)
     signals["medical_score"] = medical_score
-    score, weakest = combine(score_rules(signals, rules, min_words), medical_score, medical_weight)
-    return Assessment(score, weakest, signals)
+    rule_scores = score_rules(signals, rules, min_words, heuristics)
+    score, weakest = combine(rule_scores, medical_score, medical_weight)
+    return Assessment(score, weakest, signals, rule_scores)

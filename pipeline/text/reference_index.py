@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import atomic
 from pipeline.text.minhash import MinHasher, estimated_jaccard, language_salt, normalized_text_hash
 from pipeline.text.segment import segment
 
@@ -100,14 +99,16 @@ class ReferenceIndex:
         return {**self._build(shards, fingerprint), "reused": False}
 
     def _build(self, shards: list[Path], fingerprint: str) -> dict:
-        tmp = self.directory.with_name(f".{self.directory.name}.building-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        """The index of `shards`, published next to them as one directory once it is complete."""
         try:
-            tmp.mkdir(parents=True)
+            with atomic.atomic_dir(self.directory) as tmp:
+                return self._write_index(tmp, shards, fingerprint)
         except OSError as exc:
             raise ReferenceError(
-                f"dedup.reference: cannot write the index next to the shards: {exc}"
+                f"dedup.reference: cannot build the index next to the shards: {exc}"
             ) from None
+
+    def _write_index(self, tmp: Path, shards: list[Path], fingerprint: str) -> dict:
         writers: dict[str, tuple] = {}
         ids: dict[str, list] = {}
         exact: dict[str, list] = {}
@@ -156,11 +157,6 @@ class ReferenceIndex:
             "rows": self.minhasher.rows,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}")
-        if self.directory.exists():
-            os.replace(self.directory, old)
-        os.replace(tmp, self.directory)
-        shutil.rmtree(old, ignore_errors=True)
         return manifest
 
     def _language(self, language: str) -> _LanguageIndex | None:

@@ -191,15 +191,18 @@ def evaluated_run(tmp_root: Path, shared_data: Path) -> tuple[Path, Path]:
         "run": {"name": "eval-test", "seed": 0},
         "train": {"chat_template": "User:{q}\nAssistant:{a}<|endoftext|>"},
         "eval": {
-            "benchmarks": [{"name": "xmedbench", "path": str(xmed)}, {"name": "minor", "path": str(minor)}],
+            "benchmarks": [
+                {"name": "xmedbench", "path": str(xmed), "format": "xmedbench"},
+                {"name": "minor", "path": str(minor), "format": "xmedbench"},
+            ],
             "shots": 2,
             "max_prompt_tokens": 600,
             "max_new_tokens": 6,
             "batch_size": 8,
             "valid_max_docs_per_language": 2,
             "valid_max_tokens": 48,
-            "spread_seq_len": 32,
         },
+        "experiments": {"spread": {"seq_len": 32}},
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -61,8 +61,11 @@ def write_shards(
     valid_rows: int = 4,
     seed: int = 0,
     scheme: str = "family7",
+    row_maker=make_rows,
 ) -> Path:
-    """Write train/validation shards for each language plus manifest.json; returns the shards dir."""
+    """Write train/validation shards for each language plus manifest.json; returns the shards dir.
+
+    `row_maker(language, n, seed, split)` makes each file's records (default `make_rows`)."""
     registry = load_registry()
     files = []
     for language, n in rows_per_language.items():
@@ -70,7 +73,7 @@ def write_shards(
         for split, count in (("train", n), ("validation", valid_rows)):
             if not count:
                 continue
-            rows = make_rows(language, count, seed, split)
+            rows = row_maker(language, count, seed, split)
             rel = shard_relpath(split, family, language, 0)
             path = shards_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
