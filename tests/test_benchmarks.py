@@ -8,14 +8,8 @@ import json
 import pytest
 from conftest import fake_upstream, record
 
-from pipeline.benchmarks import (
-    BenchmarkError,
-    OptionError,
-    parse_answer,
-    parse_options,
-    read_benchmark,
-    suggest_format,
-)
+from pipeline.benchmarks import BenchmarkError, read_benchmark, suggest_format
+from pipeline.benchmarks.options import OptionError, parse_answer, parse_options
 from pipeline.dag import run_stage
 
 SERIAL = {"executor": {"tasks": 1, "workers": 1}}

@@ -24,7 +24,8 @@ from moe_train.eval.qa_eval import (
 from moe_train.eval.routing_analysis import RoutingStats, balance_summary, js_divergence, routed_layers
 from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
 from moe_train.loss import IGNORE_INDEX
-from pipeline.benchmarks import BenchmarkItem, canonical_letter
+from pipeline.benchmarks import BenchmarkItem
+from pipeline.benchmarks.options import canonical_letter
 
 pytestmark = pytest.mark.slow  # trains or runs a model: not in `make test-fast`
 

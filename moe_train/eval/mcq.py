@@ -20,7 +20,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from pipeline.benchmarks import ARABIC_LABELS, BenchmarkItem, canonical_letter
+from pipeline.benchmarks import BenchmarkItem
+from pipeline.benchmarks.options import ARABIC_LABELS, canonical_letter
 from pipeline.registry import Registry
 
 _TATWEEL = "\u0640"

@@ -22,7 +22,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from moe_train.eval.inference import length_batches, position_ids_for, stop_token_ids
 from moe_train.eval.mcq import ChatTokens, Prediction, Prompt, Protocol, build_prompt, select_shots
-from pipeline.benchmarks import BenchmarkItem, canonical_letter
+from pipeline.benchmarks import BenchmarkItem
+from pipeline.benchmarks.options import canonical_letter
 
 _FIRST_LINE_DONE = re.compile(r"\S[^\n]*\n")
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from datatrove.data import Document
 
-from pipeline.benchmarks import OptionError, parse_answer, parse_options
+from pipeline.benchmarks.options import OptionError, parse_answer, parse_options
 from pipeline.config import CollectSection, SourceSection
 from pipeline.readers.rejects import Reject
 from pipeline.record_io import record_to_document

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic
-from pipeline.benchmarks import BenchmarkItem, canonical_letter
+from pipeline.benchmarks import BenchmarkItem
+from pipeline.benchmarks.options import canonical_letter
 from pipeline.text.minhash import token_hashes
 from pipeline.text.segment import segment
 
