@@ -394,7 +394,9 @@ def run_our_chain(rows: list[dict], work: Path, stages: list[str]) -> dict:
         yaml.safe_dump(
             {
                 "executor": {"tasks": 1, "workers": 1},
-                "decontam": {"benchmarks": [{"name": "xmedbench_dev", "path": str(XMEDBENCH)}]},
+                "decontam": {
+                    "benchmarks": [{"name": "xmedbench_dev", "path": str(XMEDBENCH), "format": "xmedbench"}]
+                },
             }
         )
     )

@@ -57,7 +57,7 @@ def test_sweep_on_shards_writes_the_table_and_the_plot(tmp_path):
     config["train"].update(seq_len=32, micro_batch_size=1, loss_chunk_size=32)
     benchmark = ROOT / "data" / "sample" / "benchmark" / "medqa_sample.jsonl"
     config["eval"] = {  # QA accuracy by the eval stage's protocol, kept small
-        "benchmarks": [{"name": "medqa_sample", "path": str(benchmark)}],
+        "benchmarks": [{"name": "medqa_sample", "path": str(benchmark), "format": "xmedbench"}],
         "modes": ["loglik"],
         "shots": 0,
         "max_questions_per_language": 2,
