@@ -51,7 +51,7 @@ help:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,bench,kernels]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,bench,kernels,lm-eval]'
 	@touch $@
 
 setup: $(VENV)/.installed
