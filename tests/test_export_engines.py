@@ -19,7 +19,7 @@ import logging
 
 import pytest
 import torch
-from helpers.train_shards import write_shards
+from helpers.train_shards import TINY_TRAIN, write_shards
 from safetensors import safe_open
 
 from moe_train.train import Trainer
@@ -27,18 +27,7 @@ from pipeline.config import TrainSection
 
 pytestmark = pytest.mark.slow  # trains and exports a model
 
-SMALL = dict(
-    seq_len=32,
-    micro_batch_size=1,
-    grad_accum=1,
-    lr=3e-3,
-    warmup_steps=1,
-    eval_every=100,
-    eval_batches=1,
-    checkpoint_every=100,
-    loss_chunk_size=24,
-    export_dtype="float32",
-)
+SMALL = {**TINY_TRAIN, "eval_every": 100, "eval_batches": 1, "checkpoint_every": 100}
 
 
 @pytest.fixture(scope="module")

@@ -7,26 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.train_shards import write_shards
+from helpers.train_shards import TINY_TRAIN, write_shards
 
 from moe_train.routing import NO_EXPERT, blind_agreement, load_entropy, route
 from moe_train.train import Trainer
 from moe_train.upcycle import no_shared_expert_warning
 from pipeline.config import ConfigError, TrainSection, load_config
 
-SMALL = dict(
-    seq_len=32,
-    micro_batch_size=2,
-    grad_accum=1,
-    lr=3e-3,
-    warmup_steps=1,
-    max_steps=2,
-    eval_every=2,
-    eval_batches=2,
-    checkpoint_every=2,
-    loss_chunk_size=32,
-    export_dtype="float32",
-)
+SMALL = {
+    **TINY_TRAIN,
+    "micro_batch_size": 2,
+    "max_steps": 2,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "loss_chunk_size": 32,
+}
 VARIANTS = {
     "hybrid": dict(routing="hybrid"),
     "language_specific": dict(routing="language_specific", top_k=1, shared_expert=True),
@@ -56,7 +51,10 @@ def test_each_variant_trains_exports_and_reloads_in_stock_transformers(variant, 
         assert config["model_type"] == "qwen2_moe" and type(model).__name__ == "Qwen2MoeForCausalLM"
         assert config["num_experts"] == 7
         assert config["num_experts_per_tok"] == (1 if variant == "language_specific" else 2)
-        assert (config["shared_expert_intermediate_size"] > 0) == (variant == "language_specific")
+        # every export carries a shared expert (engines need one); only language_specific trains it,
+        # the others export an all-zero one that adds nothing
+        shared = model.model.layers[-1].mlp.shared_expert.down_proj.weight
+        assert bool(shared.abs().sum() > 0) == (variant == "language_specific")
         v = result.validation
         assert set(v["blind_agreement_by_language"]) == set(v["agreement_by_language"]) != set()
         assert all(0 <= x <= 1 for x in v["blind_agreement_by_language"].values())

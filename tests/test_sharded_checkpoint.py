@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.train_shards import write_shards
+from helpers.train_shards import TINY_TRAIN, write_shards
 
 from moe_train.checkpoint import FILES, SHARDS, is_sharded, latest_checkpoint
 from moe_train.train import Trainer
@@ -21,18 +21,7 @@ from pipeline.config import TrainSection
 pytestmark = pytest.mark.slow  # trains in subprocesses: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(
-    seq_len=32,
-    micro_batch_size=1,
-    lr=3e-3,
-    warmup_steps=1,
-    eval_every=4,
-    eval_batches=2,
-    checkpoint_every=2,
-    loss_chunk_size=24,
-    export_dtype="float32",
-    max_steps=4,
-)
+SMALL = {**TINY_TRAIN, "eval_every": 4, "checkpoint_every": 2, "max_steps": 4}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +90,7 @@ def test_two_ranks_write_shards_and_one_process_resumes_them(shards, tmp_path):
 
 def test_sharded_format_in_one_process_resumes_bit_for_bit(shards, tmp_path):
     """`checkpoint_format: sharded` in one process: the same exact resume as the full format."""
-    cfg = TrainSection(**SMALL, grad_accum=1, checkpoint_format="sharded")
+    cfg = TrainSection(**SMALL, checkpoint_format="sharded")
     full = Trainer(cfg, shards, tmp_path / "full").fit()
     Trainer(cfg, shards, tmp_path / "split").fit(stop_after=2)
     checkpoint = latest_checkpoint(tmp_path / "split" / "checkpoints")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers.train_shards import write_shards
+from helpers.train_shards import TINY_TRAIN, write_shards
 
 from moe_train.loss import IGNORE_INDEX, linear_cross_entropy, per_token_cross_entropy
 from moe_train.train import NonFiniteLossError, Trainer, lr_factor, no_decay
@@ -23,18 +23,7 @@ pytestmark = pytest.mark.slow  # runs stages, subprocesses or training: not in `
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = {"en": 24, "fr": 12, "zh": 12, "sw": 8}
-SMALL = dict(
-    seq_len=32,
-    micro_batch_size=1,
-    grad_accum=1,
-    lr=3e-3,
-    warmup_steps=1,
-    eval_every=3,
-    eval_batches=2,
-    checkpoint_every=2,
-    loss_chunk_size=24,
-    export_dtype="float32",
-)
+SMALL = {**TINY_TRAIN, "eval_every": 3, "checkpoint_every": 2}
 
 
 @pytest.fixture(scope="module")

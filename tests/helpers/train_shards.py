@@ -19,6 +19,18 @@ WORDS = {
     "sw": "mgonjwa ana homa na kikohozi daktari anatoa dawa ya maambukizi".split(),
 }
 
+# The smallest training settings the training tests share (each adds what it checks).
+TINY_TRAIN = dict(
+    seq_len=32,
+    micro_batch_size=1,
+    grad_accum=1,
+    lr=3e-3,
+    warmup_steps=1,
+    eval_batches=2,
+    loss_chunk_size=24,
+    export_dtype="float32",
+)
+
 
 def sentence(rng: random.Random, language: str, n_words: int) -> str:
     words = WORDS[language]
