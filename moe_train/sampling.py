@@ -88,6 +88,16 @@ class DataSelection:
         files = manifest.select(self.split, list(self.languages) or None, list(self.families) or None)
         return sorted((f for f in files if f.rows > 0), key=lambda f: f.path)
 
+    def required_files(self) -> list[ShardFile]:
+        """`files()`, or an error naming the selection when it selects none."""
+        files = self.files()
+        if not files:
+            raise DataError(
+                f"{self.shards_dir}: no shard files for split={self.split!r}, "
+                f"languages={list(self.languages) or 'all'}, families={list(self.families) or 'all'}"
+            )
+        return files
+
     def priority(self, row: dict) -> float:
         """The row's phase (`phases`, default 0) or weight (`weighted_shuffle`, default 1)."""
         default = 1.0 if self.sampling == "weighted_shuffle" else 0.0
@@ -201,12 +211,7 @@ class DocumentStream:
         self.selection = selection
         self.doc_tokenizer = doc_tokenizer
         self.epochs = epochs
-        self.files = selection.files()
-        if not self.files:
-            raise DataError(
-                f"{selection.shards_dir}: no shard files for split={selection.split!r}, "
-                f"languages={list(selection.languages) or 'all'}, families={list(selection.families) or 'all'}"
-            )
+        self.files = selection.required_files()
         self.rounds = selection.rounds()
         state = state or {}
         self.epoch = state.get("epoch", 0)
@@ -315,12 +320,7 @@ class WeightedShuffleStream:
         self.selection = selection
         self.doc_tokenizer = doc_tokenizer
         self.epochs = epochs
-        self.files = selection.files()
-        if not self.files:
-            raise DataError(
-                f"{selection.shards_dir}: no shard files for split={selection.split!r}, "
-                f"languages={list(selection.languages) or 'all'}, families={list(selection.families) or 'all'}"
-            )
+        self.files = selection.required_files()
         bad = {k: v for k, v in selection.source_priorities.items() if v < 0}
         if bad:
             raise DataError(f"train.source_priorities: weighted_shuffle weights must be >= 0, got {bad}")
