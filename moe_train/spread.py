@@ -21,7 +21,7 @@ from transformers import AutoConfig
 from moe_train.device import resolve_device
 from moe_train.eval.inference import load_model, resolve_dtype
 from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
-from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
+from moe_train.eval.valid_eval import configured_valid_documents, evaluate_valid
 from moe_train.train import trainer_from_config
 from moe_train.upcycle import dense_config, is_moe_checkpoint, is_preset
 from pipeline import atomic
@@ -47,14 +47,7 @@ def spread(config_path: str, out: str, dest: str | None, steps: int | None, devi
     shutil.rmtree(dest_dir / "train" / "checkpoints", ignore_errors=True)  # the export is what is analysed
     device = resolve_device(cfg.train.device if cfg.train.device != "auto" else cfg.eval.device)
     model, tokenizer = load_model(result.export_dir, device, resolve_dtype(cfg.eval.dtype, device))
-    docs = read_valid_documents(
-        out_dir / "shards",
-        tokenizer,
-        cfg.train.chat_template,
-        scheme,
-        cfg.eval.valid_max_docs_per_language,
-        cfg.eval.valid_max_tokens,
-    )
+    docs = configured_valid_documents(cfg, out_dir / "shards", tokenizer, scheme)
     if not docs:
         raise SystemExit(f"{out_dir / 'shards'}: no valid-split documents to analyse")
     _, stats = evaluate_valid(model, tokenizer, docs, cfg.eval.batch_size, scheme.num_experts)

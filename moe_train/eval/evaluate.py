@@ -139,20 +139,13 @@ def evaluate_validation(
 ) -> dict:
     """Validation loss per language/family and the routing analysis, from the validation shards."""
     from moe_train.eval.routing_analysis import write_divergence_plot, write_routing_plots
-    from moe_train.eval.valid_eval import evaluate_valid, read_valid_documents
+    from moe_train.eval.valid_eval import configured_valid_documents, evaluate_valid
 
     shards_dir = Path(out) / "shards"
     if not (shards_dir / MANIFEST_NAME).is_file():
         return {"validation": f"skipped: no shard manifest at {shards_dir / MANIFEST_NAME}"}
     scheme = registry.resolve_scheme(cfg.registry.scheme, load_manifest(shards_dir).scheme, shards_dir)
-    docs = read_valid_documents(
-        shards_dir,
-        tokenizer,
-        cfg.train.chat_template,
-        scheme,
-        cfg.eval.valid_max_docs_per_language,
-        cfg.eval.valid_max_tokens,
-    )
+    docs = configured_valid_documents(cfg, shards_dir, tokenizer, scheme)
     if not docs:
         return {"validation": "skipped: the shards have no valid-split documents"}
     matches_scheme = getattr(model.config, "num_experts", None) == scheme.num_experts

@@ -41,6 +41,19 @@ class ValidDoc:
     labels: list[int]  # next-token target of each position, IGNORE_INDEX where not trained
 
 
+def configured_valid_documents(cfg, shards_dir: Path, tokenizer, scheme: Scheme) -> list[ValidDoc]:
+    """`read_valid_documents` with the config's chat template and `eval:` limits (the eval stage and the
+    spread experiment read the same documents)."""
+    return read_valid_documents(
+        shards_dir,
+        tokenizer,
+        cfg.train.chat_template,
+        scheme,
+        cfg.eval.valid_max_docs_per_language,
+        cfg.eval.valid_max_tokens,
+    )
+
+
 def read_valid_documents(
     shards_dir: Path,
     tokenizer,
