@@ -87,3 +87,20 @@ def record(id: str, text: str, language: str = "en", **kw) -> dict:
     )
     base.update(kw)
     return base
+
+
+@pytest.fixture(autouse=True)
+def progress_bar_state():
+    """A test that runs the CLI in this process switches progress bars off for the process (stderr is
+    no terminal under pytest): put that state back, so tests that look at the bars see them."""
+    from tqdm import std
+
+    saved_env = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    saved_init = std.tqdm.__init__
+    yield
+    std.tqdm.__init__ = saved_init
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -25,7 +25,8 @@ def test_makefile_stage_rules_have_the_tables_inputs():
 
 
 def test_make_help_lists_every_stage():
-    listed = re.findall(r"^\t  '  (\w+)\s", MAKEFILE, re.M)
+    help_recipe = MAKEFILE.split("\nhelp:\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\t  '  (\w+)\s", help_recipe, re.M)
     assert [s for s in listed if s in {spec.name for spec in STAGES}] == [spec.name for spec in STAGES]
 
 

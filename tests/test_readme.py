@@ -77,7 +77,10 @@ def project(tmp_path_factory):
 
 
 def run_bash(code: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "OUT", "CONFIG"}}
+    # as a user's shell runs them: no variables of an enclosing `make` (CI runs the tests under
+    # `make test`, whose MAKELEVEL makes the README's own make print "Leaving directory" lines)
+    enclosing = {"VIRTUAL_ENV", "OUT", "CONFIG", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+    env = {k: v for k, v in os.environ.items() if k not in enclosing}
     return subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", code],
         cwd=cwd,
