@@ -242,6 +242,18 @@ def test_identical_segments_are_requested_once(parallel, server, fake, write_con
     assert fake.requests == 1 and len(read_dir(out / "translate" / "output")) == 5
 
 
+def test_a_shared_cache_outside_out_is_named_at_start(parallel, server, fake, write_config, tmp_path, capfd):
+    """An absolute llm.cache_path (a cache shared between runs) is the one file a run writes outside
+    OUT: the stage says so, with the path, when it starts."""
+    out, shared = tmp_path / "out", tmp_path / "shared-cache" / "llm.sqlite"
+    fake_upstream(out, "collect", [record("one", sentences(parallel, 0, 1)[0])])
+    llm = llm_settings(server, cache_path=str(shared))
+    _, cfg = write_config({"llm": llm, "translate": {"targets": ["sw"]}})
+    run_stage("translate", cfg, out)
+    assert f"[translate] LLM cache outside OUT (llm.cache_path): {shared}" in capfd.readouterr().err
+    assert shared.is_file() and not (out / "llm_cache.sqlite").exists()
+
+
 def test_memory_from_earlier_runs_serves_another_model(parallel, server, fake, write_config, tmp_path):
     out = tmp_path / "out"
     fake_upstream(out, "collect", docs_from(parallel, 3, paragraphs=1, per_paragraph=1))
