@@ -499,7 +499,7 @@ class BenchmarkRef(Section):
     format: str | None = Field(
         None,
         description="the file's layout: xmedbench, mcq_list, mcq_dict, medmcqa, medmcqa_hf, mmlu_csv, "
-        "cmmlu_csv, pubmedqa, yes_no, headqa (see pipeline/benchmarks.py); a missing one is an error "
+        "cmmlu_csv, pubmedqa, yes_no, headqa (see pipeline/benchmarks/); a missing one is an error "
         "that suggests the format the file looks like",
     )
     language: str | None = Field(None, description="the questions' language, where rows do not name it")
