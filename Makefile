@@ -1,5 +1,5 @@
 # medbabel: one target per stage. `make help` lists them.
-#   make setup   create .venv and install medbabel with its dev and ray extras
+#   make setup   create .venv and install medbabel with its dev, ray, bench, kernels and lm-eval extras
 #   make all     run every stage on the embedded sample (CONFIG=configs/demo.yaml, OUT=out)
 #   make test    run the test suite (what CI runs); make test-fast: the in-process unit tests
 # A stage re-runs only when its own config section, the registry, or an upstream stage changed:
@@ -26,7 +26,7 @@ help:
 	@printf '%s\n' \
 	  'medbabel targets (CONFIG=$(CONFIG) OUT=$(OUT)):' \
 	  '  help       this list (the default target)' \
-	  '  setup      create .venv: medbabel + dev, ray, bench, kernels extras at constraints.txt versions (CPU torch)' \
+	  '  setup      create .venv: medbabel + dev, ray, bench, kernels, lm-eval extras at constraints.txt versions (CPU torch)' \
 	  '  all        run every stage on CONFIG, ending with a short training run' \
 	  '  collect    read every configured source into the record schema' \
 	  '  translate  translate into target languages (translation memory, then an LLM endpoint)' \
