@@ -140,6 +140,34 @@ class QualityFilter(RecordFilter):
     name = "🥇 quality"
     batch_size = 256
 
+    @classmethod
+    def from_section(
+        cls,
+        q,
+        registry,
+        quarantine_dir,
+        stage: str = "quality",
+        model_dir: Path | None = None,
+        seed: int = 0,
+        gates: dict[str, float] | None = None,
+        gate_model_dir: Path | None = None,
+    ) -> QualityFilter:
+        """The filter a `quality:` config section describes (without a medical classifier unless
+        `model_dir` holds one): the stage, the precision benchmark and tests build it the same way."""
+        return cls(
+            quarantine_dir,
+            stage,
+            load_language_rules(registry, q.rules),
+            dict(q.thresholds),
+            dict(q.min_words),
+            dict(q.medical_weight),
+            model_dir,
+            seed,
+            gates,
+            gate_model_dir,
+            tuple(q.heuristic_types),
+        )
+
     def __init__(
         self,
         quarantine_dir,
@@ -250,7 +278,6 @@ def run(ctx: StageContext) -> dict:
     readers = ctx.input_readers()
     if not readers:
         return {"medical_classifier": {"status": "no input"}}
-    rules = load_language_rules(ctx.registry, q.rules)
     model_dir = ctx.stage_dir / "classifier"
     gates = {s.name: s.medical_gate for s in cfg.sources if s.medical_gate is not None}
     info = {"status": "disabled"}
@@ -261,18 +288,15 @@ def run(ctx: StageContext) -> dict:
     if q.pii:
         steps.append(PiiScrubber())
     steps += [
-        QualityFilter(
+        QualityFilter.from_section(
+            q,
+            ctx.registry,
             ctx.quarantine_dir,
             ctx.name,
-            rules,
-            dict(q.thresholds),
-            dict(q.min_words),
-            dict(q.medical_weight),
             model_dir if info.get("status") == "trained" else None,
             cfg.run.seed,
             gates,
             gate_model_dir,
-            tuple(q.heuristic_types),
         ),
         RecordWriter(ctx.output_dir),
     ]

@@ -601,7 +601,6 @@ def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
 
     from pipeline.registry import load_registry
     from pipeline.text.normalize import content_text
-    from pipeline.text.quality_signals import load_language_rules
     from stages.langid import make_verifier
     from stages.quality import QualityFilter
 
@@ -611,17 +610,7 @@ def test_demo_planted_junk_and_wrong_language_are_caught_and_little_else(demo):
         [content_text(r["text"], r["messages"], r["exam"]) for r in records], [r["language"] for r in records]
     )
     q = cfg.quality
-    quality = QualityFilter(
-        "unused",
-        "quality",
-        load_language_rules(registry, q.rules),
-        dict(q.thresholds),
-        dict(q.min_words),
-        dict(q.medical_weight),
-        None,
-        0,
-        heuristic_types=tuple(q.heuristic_types),
-    )
+    quality = QualityFilter.from_section(q, registry, "unused")
     docs = [
         Document(
             r["text"],
