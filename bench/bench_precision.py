@@ -38,18 +38,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from provenance import write_result  # noqa: E402
 
+from pipeline.benchmarks import read_benchmark  # noqa: E402
 from pipeline.config import LangIdSection, QualitySection  # noqa: E402
 from pipeline.registry import Registry, UnknownLanguageError, load_registry  # noqa: E402
-from pipeline.text.normalize import (  # noqa: E402
-    ExamFormatError,
-    answer_letter,
-    content_text,
-    exam_messages,
-    parse_options,
-    render_messages,
-)
+from pipeline.text.normalize import content_text, exam_messages, render_messages  # noqa: E402
 from pipeline.text.pii import scrub  # noqa: E402
-from pipeline.text.quality_signals import load_language_rules  # noqa: E402
 from stages.langid import make_verifier  # noqa: E402
 from stages.quality import QualityFilter  # noqa: E402
 
@@ -115,18 +108,15 @@ def clean_set(shared: Path, registry: Registry) -> list[dict]:
         code = registry_code(registry, row["lang"])
         if code and 1 <= len(row["text"].split()) <= 5:
             items.append(item(row["text"], code, "term"))
-    for row in read_jsonl(shared / "xmedbench_dev_mcq.jsonl.gz"):
-        code = registry_code(registry, row["lang"])
-        if not code:
-            continue
-        options = parse_options(row["options"])
-        try:
-            answer = answer_letter(row["answer"], options)
-        except ExamFormatError:
+    xmedbench = read_benchmark("xmedbench_dev", shared / "xmedbench_dev_mcq.jsonl.gz", "xmedbench", registry)
+    for question in xmedbench.items:
+        if question.multi:
             continue  # multi-answer items: collection rejects them, so they never reach these stages
-        exam = {"question": row["question"], "options": options, "answer": answer}
-        text = render_messages(exam_messages(row["question"], options, answer))
-        items.append(item(text, code, "question", content_text(text, None, exam)))
+        options = [text for _, text in question.options]
+        answer = question.answers[0]
+        exam = {"question": question.question, "options": options, "answer": answer}
+        text = render_messages(exam_messages(question.question, options, answer))
+        items.append(item(text, question.language, "question", content_text(text, None, exam)))
     for row in read_jsonl(shared / "tatoeba_sentences_dev.jsonl.gz"):
         code = registry_code(registry, row["lang"])
         if code:
@@ -366,17 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry()
     verifier = make_verifier(LangIdSection(), registry)
     q = QualitySection()
-    quality = QualityFilter(
-        "/nonexistent",
-        "quality",
-        load_language_rules(registry, q.rules),
-        dict(q.thresholds),
-        dict(q.min_words),
-        dict(q.medical_weight),
-        None,
-        0,
-        heuristic_types=tuple(q.heuristic_types),
-    )
+    quality = QualityFilter.from_section(q, registry, "/nonexistent")
     clean = clean_set(args.shared, registry)
     junk = junk_set(clean, registry)
     wrong = wrong_set(clean, registry)

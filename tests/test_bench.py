@@ -115,3 +115,12 @@ def test_eval_batching_benchmark_smoke(tmp_path, shared_data):
     assert after["valid_padded_tokens"] <= before["valid_padded_tokens"]
     assert after["loglik_padded_tokens"] <= before["loglik_padded_tokens"]
     assert results["documents"] == 6 and results["questions"] == 4 and results["commit"]
+
+
+def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
+    """bench/bench_precision.py builds its clean, junk and wrong-language sets from ../shared and
+    scores them through the stages' own language ID and quality filter."""
+    stdout, results = _run_bench("bench_precision.py", ["--shared", str(shared_data)], tmp_path / "p.json")
+    assert set(results["goals"]) >= {"lid_keep", "quality_keep_curated", "junk_caught", "wrong_caught"}
+    assert {"sw", "ar", "zh", "en"} <= set(results["clean"])  # TICO-19 and XMedBench languages
+    assert results["counts"] and "junk_caught" in stdout
