@@ -10,15 +10,15 @@ over its default httpx2 transport, reply parsed into its response models), aioht
 SDK (what the machine and the Python server allow at best), and the whole translate stage (cache
 writes, checks with language ID, datatrove) on TICO-19 sentences.
 
-    .venv/bin/python bench/bench_llm.py        # prints a table, writes bench/results/llm.json
+    .venv/bin/python bench/bench_llm.py [--out X.json]   # prints a table, writes bench/results/llm.json
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "helpers")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "helpers")]
 
 import httpx2  # noqa: E402
 import openai  # noqa: E402
+from provenance import write_result  # noqa: E402
 
 from pipeline.config import LLMSection  # noqa: E402
 from pipeline.llm.accounting import Accounting  # noqa: E402
@@ -182,7 +183,10 @@ def stage_row(base_url: str, concurrency: int) -> dict:
 LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     if LOAD_AT_START[0] > (os.cpu_count() or 1) / 2:
         print(
             f"warning: load average {LOAD_AT_START[0]} on {os.cpu_count()} CPUs: timings will be pessimistic"
@@ -209,25 +213,15 @@ def main() -> None:
     at64 = next(r for r in rows if r["concurrency"] == 64 and r["case"].startswith("client"))
     goal = {"concurrency": 64, "min_efficiency": 0.9, "met": at64["efficiency"] >= 0.9}
     print(f"goal: >= 90% of the ideal rate at concurrency 64: {'met' if goal['met'] else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "llm_client_throughput",
-                "latency_s": LATENCY_S,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "load_average_at_start": LOAD_AT_START,
-                },
-                "goal": goal,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    result = {
+        "benchmark": "llm_client_throughput",
+        "latency_s": LATENCY_S,
+        "load_average_at_start": LOAD_AT_START,
+        "cpus": os.cpu_count(),
+        "goal": goal,
+        "rows": rows,
+    }
+    write_result(result, "bench_llm.py", argv, args.out)
 
 
 if __name__ == "__main__":
