@@ -96,7 +96,14 @@ def _langid(cfg: Config, row: dict) -> dict:
 
 
 def _quality(cfg: Config, row: dict) -> dict:
-    from pipeline.text.quality_signals import RULES, assess, confidence, load_language_rules, rule_score
+    from pipeline.text.quality_signals import (
+        RULES,
+        assess,
+        confidence,
+        judged_bound,
+        load_language_rules,
+        rule_score,
+    )
     from pipeline.text.segment import segment
 
     registry = load_registry(cfg.registry_path())
@@ -136,7 +143,7 @@ def _quality(cfg: Config, row: dict) -> dict:
             )
             entry["judged"] = f"no ({why})"
         else:
-            loosened = bound / c if rule.upper else bound * c
+            loosened = judged_bound(rule, bound, c, signals)
             entry.update(
                 confidence=round(c, 3),
                 bound_used=round(loosened, 4),

@@ -20,6 +20,7 @@ from pipeline.text.quality_signals import (
     combine,
     compute_signals,
     confidence,
+    judged_bound,
     load_language_rules,
     rule_score,
     score_rules,
@@ -330,6 +331,170 @@ def test_short_text_is_not_judged_by_rules_meaningless_on_it(rules):
     signals = {"n_words": 50.0, "n_lines": 1.0, "top_ngram_fraction": 0.3}
     assert score_rules(signals, en, 1)["top_ngram_fraction"] > 0.5  # 0.3 < 0.18 / 0.5
     assert score_rules({**signals, "n_words": 200.0}, en, 1)["top_ngram_fraction"] < 0.5
+
+
+def _tico(shared_data, language: str) -> dict[str, list[str]]:
+    """TICO-19 sentences of one language by document, in order."""
+    by_doc = collections.defaultdict(list)
+    with gzip.open(shared_data / "tico19_health_sentences.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row["lang"] == language and row["text"] != "{NS}":
+                by_doc[row["doc"]].append(row["text"])
+    return by_doc
+
+
+def _paragraphs(by_doc: dict[str, list[str]], size: int = 4) -> list[str]:
+    return [
+        " ".join(sentences[i : i + size])
+        for sentences in by_doc.values()
+        for i in range(0, len(sentences) - size + 1, size)
+    ]
+
+
+def _rule(signal: str, bound: str):
+    return next(r for r in RULES if r.signal == signal and r.bound == bound)
+
+
+def test_repetition_rules_need_a_length_their_bound_can_resolve(rules):
+    """A repeated n-gram fraction counts repeats: one name said twice in a paragraph is 5-10% of it.
+    Full confidence needs the length at which the bound allows `full_repeats` n-grams, so FineWeb-2's
+    Kinyarwanda bound (0.036, a quarter of Gopher's) waits for ~420 words, Gopher's for 100 as before."""
+    dup = _rule("dup_ngram_fraction", "max_dup_ngram_fraction")
+    top = _rule("top_ngram_fraction", "max_top_ngram_fraction")
+    rw, en, es = rules["rw"], rules["en"], rules["es"]
+    for words in (50.0, 100.0, 400.0):
+        signals = {"n_words": words, "n_lines": 1.0}
+        assert confidence(dup, signals, en, True) == pytest.approx(min(1.0, words / 100))
+        assert confidence(top, signals, en, True) == pytest.approx(min(1.0, words / 100))
+    full_rw = 3 * 5 / rw.bounds["max_dup_ngram_fraction"]
+    assert 400 < full_rw < 450
+    assert confidence(dup, {"n_words": 100.0, "n_lines": 1.0}, rw, True) == pytest.approx(100 / full_rw)
+    # below MIN_CONFIDENCE of that length the rule still judges, against three repeated 5-grams' share
+    short = {"n_words": 60.0, "n_lines": 1.0}
+    c = confidence(dup, short, rw, True)
+    assert c == pytest.approx(60 / full_rw)
+    assert judged_bound(dup, rw.bounds["max_dup_ngram_fraction"], c, short) == pytest.approx(15 / 60)
+    assert confidence(dup, {"n_words": 15.0, "n_lines": 1.0}, rw, True) == 0.0  # too short for any rule
+    assert confidence(dup, {"n_words": 2 * full_rw, "n_lines": 1.0}, rw, True) == 1.0
+    # Spanish's top 3-gram bound (0.097): "afecciones médicas subyacentes" three times in 150 words
+    assert confidence(top, {"n_words": 150.0, "n_lines": 1.0}, es, True) < 1.0
+    # a loose bound never shortens the length a text needs (Hausa's 3.257 cannot be exceeded at all)
+    assert confidence(top, {"n_words": 50.0, "n_lines": 1.0}, rules["ha"], True) == 0.5
+
+
+def test_kinyarwanda_paragraphs_repeating_a_name_are_kept_and_long_repetition_is_not(rules, shared_data):
+    """TICO-19's Kinyarwanda paragraphs repeat multi-word names ("Ishami ry’Umuryango w’Abibumbye ryita
+    ku buzima", the WHO): the web rules removed 9 of 85 for dup_ngram_fraction 0.06-0.14. A long text
+    with the same share of repeats is judged at the full bound, and keyword spam at any length."""
+    by_doc = _tico(shared_data, "rw")
+    paragraphs = _paragraphs(by_doc)
+    assert len(paragraphs) > 80
+    removed = [p[:80] for p in paragraphs if _judge(rules, p, "rw", min_words=1).score < 0.5]
+    assert len(removed) <= 0.02 * len(paragraphs), removed
+    who = next(p for p in paragraphs if p.count("Ishami ry’Umuryango w’Abibumbye ryita ku buzima") >= 2)
+    result = _judge(rules, who, "rw", min_words=1)
+    assert result.signals["dup_ngram_fraction"] > rules["rw"].bounds["max_dup_ngram_fraction"]
+    assert result.score >= 0.5, result.rule_scores
+    # ~500 words of distinct sentences, one of them said twice more: 0.036 is exceeded with full confidence
+    sentences = [s for doc in sorted(by_doc) for s in by_doc[doc]]
+    text, words = [], 0
+    for sentence in dict.fromkeys(sentences):
+        text.append(sentence)
+        words += len(segment(sentence))
+        if words > 500:
+            break
+    repeated = max(text, key=len)
+    long_text = " ".join(text + [repeated, repeated])
+    result = _judge(rules, long_text, "rw", min_words=1)
+    assert result.signals["n_words"] > 450 and result.weakest == "dup_ngram_fraction" and result.score < 0.5
+    spam = " ".join(["indwara ya koronavirusi yo mu 2019"] * 12)
+    assert _judge(rules, spam, "rw", min_words=1).score < 0.3
+
+
+def test_mean_word_length_allows_the_sampling_error_of_a_short_text(rules, shared_data):
+    """A 50-word Spanish dialogue ("hoy solo tengo un poco de dolor de cabeza...") has a mean word
+    length of 3.6 under FineWeb-2's 4: within two standard errors of a text at the bound (0.55 x 4 /
+    sqrt(50) each), so kept. The same mean over 400 words is beyond them and removed."""
+    rule = _rule("mean_word_length", "min_mean_word_length")
+    es = rules["es"]
+    bound = es.bounds["min_mean_word_length"]
+    signals = {"n_words": 400.0, "n_lines": 1.0}
+    assert judged_bound(rule, bound, 1.0, signals) == pytest.approx(bound - 2 * 0.55 * bound / 20)
+    upper = _rule("mean_word_length", "max_mean_word_length")
+    assert judged_bound(upper, 10.0, 1.0, signals) == pytest.approx(10 + 2 * 0.55 * 10 / 20)
+    dialogue = _tico(shared_data, "es")["CMU_1"]
+    paragraphs = [" ".join(dialogue[i : i + 6]) for i in range(0, len(dialogue) - 5, 6)]
+    short_words = [p for p in paragraphs if _judge(rules, p, "es", 1).signals["mean_word_length"] < bound]
+    assert short_words
+    for paragraph in short_words:
+        result = _judge(rules, paragraph, "es", min_words=1)
+        assert result.score >= 0.5, (paragraph[:80], result.rule_scores)
+    everyday = []
+    with gzip.open(shared_data / "tatoeba_sentences_dev.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            words = segment(row["text"])
+            if row["lang"] in ("es", "spa") and words and sum(map(len, words)) / len(words) < 3.5:
+                everyday.append(row["text"])
+    long_text = " ".join(everyday)
+    result = _judge(rules, long_text, "es", min_words=1)
+    assert result.signals["n_words"] >= 300 and result.signals["mean_word_length"] < 3.6
+    assert result.rule_scores["mean_word_length"] < 0.5
+
+
+def test_alpha_words_count_a_spaced_number_and_a_no_break_space_as_one_word(rules, shared_data):
+    """'5 143 (27 %)' is two words without a letter, not four: digit groups and no-break spaces do not
+    separate words. TICO-19's Spanish and French statistics paragraphs are kept; a table of numbers
+    written with spaced digit groups is still no text."""
+    en = rules["en"]
+
+    def alpha(text: str) -> float:
+        return compute_signals(text, segment(text), en)["alpha_word_ratio"]
+
+    assert alpha("casos 5\u00a0143 (27\u00a0%)") == pytest.approx(1 - 2 / 3)
+    assert alpha("casos 1 037 y 74 439 123") == pytest.approx(1 - 2 / 4)
+    assert alpha("in 2019 100 people") == pytest.approx(1 - 2 / 4)  # two numbers, not digit groups
+    assert alpha("358\u00a0de\u00a0457, 78\u00a0%") == pytest.approx(1 - 1 / 2)
+    for language in ("es", "fr"):
+        with_spaces = [p for p in _paragraphs(_tico(shared_data, language), 5) if "\u00a0%" in p]
+        assert with_spaces
+        for paragraph in with_spaces:
+            result = _judge(rules, paragraph, language, min_words=1)
+            assert result.rule_scores.get("alpha_word_ratio", 1.0) >= 0.5, (paragraph[:80], result.signals)
+    table = "\n".join(
+        " ".join(f"{1000 + 37 * i + j:,}".replace(",", " ") for j in range(8)) for i in range(12)
+    )
+    result = _judge(rules, table, "fr", min_words=1)
+    assert result.signals["alpha_word_ratio"] == 0.0 and result.score < 0.3
+
+
+def test_stop_words_joined_by_an_apostrophe_are_counted(rules, shared_data):
+    """Kinyarwanda writes its connectives joined to the next word (bw’ibicuruzwa, by’ibanze, n’ibiribwa),
+    and the segmentation keeps each in one token: the stop-word rule counts them by their head, as
+    the list intends, so a short clean sentence has its stop words."""
+    rw = rules["rw"]
+    sentence = (
+        "Ubwikorezi bw’ibicuruzwa by’ibanze harimo imiti, ibicanwa n’ibiribwa byo byari bicyemerewe gutwarwa."
+    )
+    signals = compute_signals(sentence, segment(sentence), rw)
+    assert round(signals["stopword_ratio"] * signals["n_words"]) == 3
+    assert _judge(rules, sentence, "rw", min_words=1).score >= 0.5
+    # a token listed whole is counted once; a head that is no stop word counts nothing
+    en = rules["en"]
+    assert compute_signals("it's", segment("it's"), en)["stopword_ratio"] == 1.0
+    assert compute_signals("patient's doctor's", segment("patient's doctor's"), en)["stopword_ratio"] == 0.0
+    sentences = [s for doc in _tico(shared_data, "rw").values() for s in doc]
+    removed = [
+        s
+        for s in sentences
+        if "stopword_ratio" in _judge(rules, s, "rw", 1).rule_scores
+        and _judge(rules, s, "rw", 1).rule_scores["stopword_ratio"] < 0.5
+    ]
+    assert len(removed) <= 2, removed
+    # a long text of joined content words without stop words is still judged
+    spam = " ".join(f"ibicuruzwa{i}’byiza imiti{i}’myiza" for i in range(60))
+    assert _judge(rules, spam, "rw", min_words=1).rule_scores["stopword_ratio"] < 0.5
 
 
 def test_curated_sources_are_judged_only_for_defects(rules):

@@ -10,6 +10,7 @@ also says by how much a document passed.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ _TERMINAL = set(".!?…。！？｡؟۔।॥።။។៕;")
 _CLOSING = "\"'”’»」』）)]】›*_ \t"
 _PARAGRAPH_BREAK = regex.compile(r"\n\s*\n")
 _NON_ALPHA_WORD = regex.compile(r"(?<!\S)[^\s\p{L}]+(?!\S)")
+# Spaces inside one word for the alpha-word ratio: the no-break spaces (U+00A0, figure U+2007, narrow
+# U+202F) that typesetting puts inside one quantity ("10,9 %", "358 de 457") and the space between
+# the digit groups of one number ("1 037", "74 439"), in any of them.
+_SPACED_DIGITS = re.compile(r"\d \d")  # a cheap test for the second kind
+_WORD_INTERNAL_SPACE = regex.compile(
+    r"[\u00a0\u2007\u202f]|(?<=(?<![\p{Nd}.,])\p{Nd}{1,3})[ \u00a0\u2007\u202f](?=\p{Nd}{3}(?!\p{Nd}))"
+)
 _DIGIT = regex.compile(r"\p{Nd}")
 _LINE_SEPARATORS = " \t|>»›/:-–—•·*"
 
@@ -42,7 +50,24 @@ class Rule:
     against a bound loosened by c (an upper bound divided by c, a lower one multiplied by it), and not
     at all below c = MIN_CONFIDENCE or under `min_lines` lines. `defect` rules find real defects
     (boilerplate, encoding garbage, duplicated lines and paragraphs) and judge every source type; the
-    others are the web-text heuristics, applied only to `quality.heuristic_types` (web, general)."""
+    others are the web-text heuristics, applied only to `quality.heuristic_types` (web, general).
+
+    The repetition rules take their full length from their bound instead (`full_repeats`): a repeated
+    n-gram fraction is a count of repeats in disguise, and a text can only tell repetition from the
+    ordinary re-use of a name or term ("World Health Organization", "underlying medical conditions")
+    once its bound allows a few repeats. Full confidence needs, besides `full_words`, the length where
+    the bound amounts to `full_repeats` n-grams (full_repeats x n / bound words): 100 words at Gopher's
+    bounds (six 3-grams at 0.18, three repeated 5-grams at 0.15) as before, proportionally more where
+    a language's bound is stricter (FineWeb-2's Kinyarwanda 0.036, which one name repeated in a
+    paragraph exceeds: 420 words). In between, the bound used is what `full_repeats` n-grams make up
+    of the text.
+
+    A mean over a text's words is known only to within its standard error: an `averaged` rule also
+    loosens its bound by STANDARD_ERRORS standard errors of a natural text whose mean sits at the bound
+    (WORD_LENGTH_CV x bound / sqrt(n_words)), so that a paragraph is not removed for a mean word length
+    that sampling alone puts on the other side of the bound (a 50-word dialogue in Spanish, whose short
+    words sit under FineWeb-2's bound of 4, set on encyclopedic text). The spread is that of natural
+    text, not the text's own: machine garbage, whose word lengths vary widely, does not excuse itself."""
 
     signal: str
     bound: str
@@ -52,21 +77,28 @@ class Rule:
     full_words: int = 0
     min_lines: int = 0
     defect: bool = False
+    full_repeats: int = 0
+    averaged: bool = False
 
 
 MIN_CONFIDENCE = 0.2
+STANDARD_ERRORS = 2.0
+# Standard deviation of word length over its mean in running text: 0.50-0.64 in 29 of the 33
+# space-separated languages of the TICO-19 and Tatoeba sentences in ../shared (vi 0.31, he 0.36, ko 0.39,
+# ar 0.41 below; measured by segmenting them as here), so the median.
+WORD_LENGTH_CV = 0.55
 RULES: tuple[Rule, ...] = (
     Rule("n_words", "min_words", False, 0.5, 1.0),
     Rule("n_words", "max_words", True, 0.1, 1.0),
-    Rule("mean_word_length", "min_mean_word_length", False, 0.3, 0.3, full_words=50),
-    Rule("mean_word_length", "max_mean_word_length", True, 0.3, 0.3, full_words=50),
+    Rule("mean_word_length", "min_mean_word_length", False, 0.3, 0.3, full_words=50, averaged=True),
+    Rule("mean_word_length", "max_mean_word_length", True, 0.3, 0.3, full_words=50, averaged=True),
     Rule("symbol_ratio", "max_symbol_ratio", True, 1.0, 0.05, full_words=20),
     Rule("digit_ratio", "max_digit_ratio", True, 0.5, 0.05, full_words=20),
     Rule("alpha_word_ratio", "min_alpha_word_ratio", False, 0.25, 0.05, full_words=50),
     Rule("dup_line_fraction", "max_dup_line_fraction", True, 1.0, 0.05, min_lines=2, defect=True),
     Rule("dup_paragraph_fraction", "max_dup_paragraph_fraction", True, 1.0, 0.05, defect=True),
-    Rule("top_ngram_fraction", "max_top_ngram_fraction", True, 1.0, 0.05, full_words=100),
-    Rule("dup_ngram_fraction", "max_dup_ngram_fraction", True, 1.0, 0.05, full_words=100),
+    Rule("top_ngram_fraction", "max_top_ngram_fraction", True, 1.0, 0.05, full_words=100, full_repeats=6),
+    Rule("dup_ngram_fraction", "max_dup_ngram_fraction", True, 1.0, 0.05, full_words=100, full_repeats=3),
     Rule("line_punct_ratio", "min_line_punct_ratio", False, 1.0, 0.1, min_lines=3),
     Rule("boilerplate_fraction", "max_boilerplate_fraction", True, 1.0, 0.05, defect=True),
     Rule("stopwords", "min_stopwords", False, 1.0, 1.0, full_words=50),
@@ -115,6 +147,10 @@ class LanguageRules:
     @property
     def dup_ngram(self) -> int:
         return 10 if self.segmentation == "char" else 5
+
+    def ngram_length(self, signal: str) -> int:
+        """Tokens in the n-grams of a repetition signal."""
+        return self.top_ngram if signal == "top_ngram_fraction" else self.dup_ngram
 
 
 @lru_cache(maxsize=1)
@@ -220,6 +256,8 @@ def compute_signals(text: str, words: list[str], rules: LanguageRules) -> dict[s
     stop_count = None
     if rules.stopwords is not None:
         stop_count = sum(map(rules.stopwords.__contains__, words))
+        if "’" in text or "'" in text:
+            stop_count += _joined_stopwords(words, rules.stopwords)
     return {
         "n_lines": float(len(lines)),
         "n_words": float(n_words),
@@ -261,11 +299,28 @@ def mojibake_ratio(text: str, n_words: int) -> float:
     return badness(sample) / max(words, 1)
 
 
+def _joined_stopwords(words: list[str], stopwords: frozenset[str]) -> int:
+    """Stop words written joined to the next word by an apostrophe, which the segmentation keeps in
+    one token: Kinyarwanda's connectives (y’ubuzima, n’ibyago, by’ibanze), French or Italian elisions
+    where the list has them. Counted by the token's head, unless the token is listed whole."""
+    count = 0
+    for word in words:
+        if "’" in word or "'" in word:
+            head = word.replace("'", "’").partition("’")[0]
+            count += head in stopwords and word not in stopwords
+    return count
+
+
 def _alpha_word_ratio(text: str, words: list[str], segmentation: str) -> float:
     """Share of words holding a letter: whitespace-separated chunks (Gopher), or the segmented tokens
-    where spaces do not separate words (there a chunk is a whole clause)."""
+    where spaces do not separate words (there a chunk is a whole clause). A number is one chunk however
+    its digits are grouped, and a no-break space joins what it stands between: "5 143 (27 %)" is two
+    words without a letter, not four (French, Spanish and Russian statistics would otherwise fall
+    under the bound for their spacing alone)."""
     if segmentation == "char":
         return sum(1 for w in words if w[0].isalpha()) / len(words) if words else 0.0
+    if "\u00a0" in text or "\u202f" in text or "\u2007" in text or _SPACED_DIGITS.search(text):
+        text = _WORD_INTERNAL_SPACE.sub("", text)
     n_chunks = len(text.split())
     return 1.0 - len(_NON_ALPHA_WORD.findall(text)) / n_chunks if n_chunks else 0.0
 
@@ -336,15 +391,34 @@ def rule_score(value: float, bound: float, upper: bool, margin: float, min_margi
 def confidence(rule: Rule, signals: dict[str, float | None], rules: LanguageRules, heuristics: bool) -> float:
     """How far `rule` may judge this text, in [0, 1]: 0 for a web heuristic on a curated source (the
     length bounds, set per source type, always judge), or a text too short (see `Rule`); otherwise the
-    share of `full_words` the text has, at most 1."""
+    share of `full_words` the text has, at most 1, and for a repetition rule at most the share of the
+    length at which its bound amounts to `full_repeats` n-grams (which loosens the bound, but never
+    silences the rule: a short run of keyword spam still repeats far beyond it)."""
     if not (rule.defect or heuristics or rule.signal == "n_words"):  # lengths: set per source type
         return 0.0
     if signals.get("n_lines", 1) < rule.min_lines:
         return 0.0
     if not rule.full_words:
         return 1.0
-    c = min(1.0, signals.get("n_words", 0) / (rule.full_words * rules.chars_per_word))
-    return c if c >= MIN_CONFIDENCE else 0.0
+    n_words = signals.get("n_words", 0)
+    c = min(1.0, n_words / (rule.full_words * rules.chars_per_word))
+    if c < MIN_CONFIDENCE:
+        return 0.0
+    bound = rules.bounds[rule.bound]
+    if rule.full_repeats and bound > 0:
+        c = min(c, n_words * bound / (rule.full_repeats * rules.ngram_length(rule.signal)))
+    return c
+
+
+def judged_bound(rule: Rule, bound: float, c: float, signals: dict[str, float | None]) -> float:
+    """The bound a text is judged against: `bound` loosened by the rule's confidence `c` > 0 (an upper
+    bound divided by it, a lower one multiplied by it), and for a mean by STANDARD_ERRORS standard
+    errors of a natural text's mean (see `Rule`)."""
+    loosened = bound / c if rule.upper else bound * c
+    if rule.averaged:
+        allowance = STANDARD_ERRORS * WORD_LENGTH_CV * bound / math.sqrt(max(signals["n_words"], 1.0))
+        loosened = loosened + allowance if rule.upper else loosened - allowance
+    return loosened
 
 
 def score_rules(
@@ -365,7 +439,7 @@ def score_rules(
         c = confidence(rule, signals, rules, heuristics)
         if not c:
             continue
-        bound = bounds[rule.bound] / c if rule.upper else bounds[rule.bound] * c
+        bound = judged_bound(rule, bounds[rule.bound], c, signals)
         score = rule_score(value, bound, rule.upper, rule.margin, rule.min_margin)
         name = "stopword_ratio" if rule.signal == "stopwords" else rule.signal
         scores[name] = min(score, scores.get(name, 1.0))
