@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import random
 
 import pytest
 from conftest import fake_upstream, record, write_records
@@ -421,8 +422,17 @@ def test_mean_word_length_allows_the_sampling_error_of_a_short_text(rules, share
     bound = es.bounds["min_mean_word_length"]
     signals = {"n_words": 400.0, "n_lines": 1.0}
     assert judged_bound(rule, bound, 1.0, signals) == pytest.approx(bound - 2 * 0.55 * bound / 20)
+    # the maximum is not loosened so: it is where machine garbage and encoded strings are caught
     upper = _rule("mean_word_length", "max_mean_word_length")
-    assert judged_bound(upper, 10.0, 1.0, signals) == pytest.approx(10 + 2 * 0.55 * 10 / 20)
+    assert judged_bound(upper, 10.0, 1.0, signals) == 10.0
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    garbage = " ".join("".join(rng.choices(alphabet, k=rng.randint(6, 14))) for _ in range(60))
+    result = _judge(rules, garbage, "sr", min_words=1)
+    sr_max = rules["sr"].bounds["max_mean_word_length"]
+    # within two natural standard errors of Serbian's maximum (9), and removed all the same
+    assert sr_max < result.signals["mean_word_length"] < sr_max * (1 + 2 * 0.55 / 60**0.5)
+    assert result.rule_scores["mean_word_length"] < 0.5
     dialogue = _tico(shared_data, "es")["CMU_1"]
     paragraphs = [" ".join(dialogue[i : i + 6]) for i in range(0, len(dialogue) - 5, 6)]
     short_words = [p for p in paragraphs if _judge(rules, p, "es", 1).signals["mean_word_length"] < bound]
