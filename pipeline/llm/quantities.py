@@ -66,6 +66,7 @@ for _code in ("mai", "doi", "sa"):
     _SCALES[_code] = _SCALES["hi"]
 _SCALE_BEFORE_NUMBER = {"sw"}  # "elfu 52", "milioni 4.9"
 _UNSPACED = {"zh", "ja", "th", "lo"}
+_ATTACHED_SCALES = _UNSPACED | {"ko"}  # Korean writes "5만명": the scale word runs into the counter
 
 # Words for numbers in languages CLDR's spell-out rules lack, checked by hand (1-10).
 _EXTRA_NUMBER_WORDS: dict[str, dict[int, tuple[str, ...]]] = {
@@ -148,7 +149,7 @@ def _scale_pattern(language: str) -> regex.Pattern | None:
         body = rf"(?P<scale>{words})\s+(?P<number>{number})"
     else:
         body = rf"(?P<number>{number})\s*(?P<scale>{words})"
-    edge = "" if language in _UNSPACED else r"(?!\p{L})"
+    edge = "" if language in _ATTACHED_SCALES else r"(?!\p{L})"
     return regex.compile(body + edge, regex.I | regex.V1)
 
 
@@ -159,28 +160,34 @@ def _scale_of(language: str, word: str) -> float:
     return 1.0
 
 
+def _scaled(text: str, language: str) -> list[tuple[str, str, tuple[int, int]]]:
+    """Each number written with a scale word: (its digits, its whole value), "4.9 million" -> ("49",
+    "4900000")."""
+    pattern = _scale_pattern(language)
+    out = []
+    for match in pattern.finditer(text) if pattern is not None else ():
+        value = _value(match.group("number"))
+        if value is not None:
+            quantity = round(value * _scale_of(language, match.group("scale")))
+            out.append((next(iter(numbers(match.group("number")))), str(quantity), match.span()))
+    return out
+
+
 def scaled_quantities(text: str, language: str) -> Counter:
     """The quantities written with scale words, as integer strings: "52 thousand" -> 52000, "490 万"
     -> 4900000, and a run of them summed: "2 लाख 44 हज़ार" -> 244000 (each part counts too)."""
-    pattern = _scale_pattern(language)
-    if pattern is None:
-        return Counter()
     out: Counter = Counter()
-    total, last_scale, last_end = 0.0, None, None
-    for match in pattern.finditer(text):
-        value = _value(match.group("number"))
-        if value is None:
-            continue
-        scale = _scale_of(language, match.group("scale"))
-        quantity = value * scale
-        out[str(round(quantity))] += 1
-        joined = last_end is not None and not text[last_end : match.start()].strip()
-        if joined and last_scale is not None and scale < last_scale:
-            total += quantity
-            out[str(round(total))] += 1
+    total, last_value, last_end = 0, None, None
+    for _digits, quantity, (start, end) in _scaled(text, language):
+        value = int(quantity)
+        out[quantity] += 1
+        joined = last_end is not None and not text[last_end:start].strip()
+        if joined and last_value is not None and value < last_value:
+            total += value
+            out[str(total)] += 1
         else:
-            total = quantity
-        last_scale, last_end = scale, match.end()
+            total = value
+        last_value, last_end = value, end
     return out
 
 
@@ -258,19 +265,17 @@ def missing_numbers(source: str, output: str, source_language: str, target: str)
         if missing[whole] and kept[hours] and kept[minutes]:
             missing[whole] -= 1
     missing = +missing
-    if not missing:
-        return missing
-    # "52 thousand" may become 52 000, "4.9 million" 490 万: the whole quantity stands for its digits.
-    source_scaled = _scale_pattern(source_language)
-    if source_scaled is not None:
-        for match in source_scaled.finditer(source):
-            value = _value(match.group("number"))
-            digits = numbers(match.group("number"))
-            if value is not None and digits & missing:
-                whole = str(round(value * _scale_of(source_language, match.group("scale"))))
-                if kept[whole]:
-                    kept[whole] -= 1
-                    missing -= digits
+    # "52 thousand" may become 52 000, "4.9 million" 490 万: the whole quantity stands for its digits;
+    # but the same digits with another scale ("4.9 million" as "49 हज़ार") are a changed quantity.
+    written_scaled = _scaled(output, target)
+    for digits, whole, _ in _scaled(source, source_language):
+        if kept[whole]:
+            kept[whole] -= 1
+            if missing[digits]:
+                missing[digits] -= 1
+        elif any(d == digits for d, _, _ in written_scaled):
+            missing[digits] += 1
+    missing = +missing
     for alternative in (worded_numbers(output, target), _calendar_years(output, target)):
         if missing:
             missing -= alternative
