@@ -44,7 +44,9 @@ def test_scale_words_in_the_target_language():
         {"4900000": 1, "50000000000": 1}
     )
     assert scaled_quantities("vifo elfu 52", "sw") == Counter({"52000": 1})
-    assert scaled_quantities("4,9 millions de dollars", "fr") == Counter({"4900000": 1})
+    assert scaled_quantities("4,9 millions de dollars, 52 mille morts", "fr") == Counter(
+        {"4900000": 1, "52000": 1}
+    )
     assert scaled_quantities("5만명", "ko") == Counter({"50000": 1})
     assert scaled_quantities("52 thousandths", "en") == Counter()  # a word that merely starts like one
 
