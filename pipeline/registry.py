@@ -24,7 +24,7 @@ _LANGUAGE_KEYS = {"name", "scripts", "tier", "family", "lid_labels", "aliases", 
 _TOP_KEYS = {"version", "languages", "schemes", "default_scheme", "confusable_groups", "lid_models"}
 _SCHEME_KEYS = {"description", "experts"}
 _EXPERT_KEYS = {"id", "name", "families", "languages"}
-_LID_MODEL_KEYS = {"description", "label_prefix", "default_file", "labels"}
+_LID_MODEL_KEYS = {"description", "label_prefix", "default_file", "labels", "relatives"}
 
 
 class RegistryError(ValueError):
@@ -94,6 +94,9 @@ class LidModel:
     description: str
     label_prefix: str
     default_file: str
+    # registry code -> the model's labels of close relatives outside the registry that it gives to that
+    # language's short texts (lid.176 reads short Cebuano as Tagalog): never evidence against it
+    relatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve_default_file(self) -> Path:
         """`package:<pkg>/<path>` points inside an installed package; anything else is a path."""
@@ -194,6 +197,11 @@ class Registry:
             )
         return {label: code for code, lang in self.languages.items() for label in lang.lid_labels_for(model)}
 
+    def lid_relatives(self, model: str, code: str) -> tuple[str, ...]:
+        """Labels of `model` for close relatives of `code` outside the registry (`lid_models.<model>.relatives`)."""
+        spec = self.lid_models.get(model)
+        return spec.relatives.get(code, ()) if spec else ()
+
     def languages_without_lid(self, model: str) -> list[str]:
         return [c for c, lang in self.languages.items() if not lang.lid_labels_for(model)]
 
@@ -244,8 +252,20 @@ def _build(path: Path, raw: object) -> Registry:
         spec = _check_keys(
             path, f"lid_models.{name}", spec, _LID_MODEL_KEYS, {"label_prefix", "default_file"}
         )
+        relatives = spec.get("relatives") or {}
+        if not isinstance(relatives, dict):
+            raise _fail(
+                path, f"lid_models.{name}.relatives", "expected a mapping of language code -> list of labels"
+            )
         lid_models[name] = LidModel(
-            name, spec.get("description", ""), spec["label_prefix"], spec["default_file"]
+            name,
+            spec.get("description", ""),
+            spec["label_prefix"],
+            spec["default_file"],
+            {
+                str(code): _str_list(path, f"lid_models.{name}.relatives.{code}", labels)
+                for code, labels in relatives.items()
+            },
         )
         # a model's labels may be listed with the model (language code -> labels) instead of per language
         model_labels = spec.get("labels") or {}
@@ -318,6 +338,12 @@ def _build(path: Path, raw: object) -> Registry:
             segmentation=segmentation,
         )
 
+    for model in lid_models.values():
+        for code, labels in model.relatives.items():
+            if code not in languages:
+                raise _fail(path, f"lid_models.{model.name}.relatives", f"unknown language '{code}'")
+            # a relative added to the registry is a language of its own: confusable_groups decide
+            model.relatives[code] = tuple(label for label in labels if (model.name, label) not in lid_owner)
     for code in model_level_labels:
         if code not in languages:
             models = ", ".join(model_level_labels[code])

@@ -360,7 +360,16 @@ class LangIdSection(Section):
         0.05, "... rejects when another listed language's common words are this much more (1: never)"
     )
     min_words_for_common_words: int = Field(20, ge=1, description="fewer words: not judged by common words")
-    min_chars: int = Field(30, ge=0, description="shorter texts are too short to judge and are kept")
+    min_chars: int = Field(
+        30,
+        ge=0,
+        description="shorter texts (Han, kana and Hangul count 3 each) are judged on their script and a "
+        "confident top prediction only",
+    )
+    tiny_min_chars: int = Field(12, ge=0, description="shorter texts are judged on their script alone")
+    tiny_contradiction: float = unit_interval(
+        0.9, "texts under min_chars: a top prediction of another registry language this confident rejects"
+    )
     short_text_chars: int = Field(
         100, ge=0, description="shorter texts are removed only on contrary evidence, not on a low score alone"
     )
@@ -373,6 +382,17 @@ class LangIdSection(Section):
         ge=1,
         description="short texts: this many words and not one common word of the language is contrary evidence",
     )
+    long_contradiction: float = unit_interval(
+        0.25, "longer texts under their threshold: a language outside the group this probable rejects ..."
+    )
+    long_margin: float = unit_interval(0.1, "... when it is this much above the declared group")
+    absent: float = unit_interval(
+        0.01, "longer texts: a declared group scoring under this (not among the top predictions) rejects"
+    )
+    other_min_hits: int = Field(
+        3, ge=1, description="words only another group's common-word lists hold that make a text read as it ..."
+    )
+    other_min_share: float = unit_interval(0.2, "... when they are at least this share of its words")
     common_word_support: float = unit_interval(
         0.2,
         "a text with this share of the declared language's common words is kept whatever the model's score",

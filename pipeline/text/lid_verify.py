@@ -1,18 +1,26 @@
 """Verify a document's declared language against language-ID predictions (reusable outside the langid stage).
 
-Rules, for a text declared as language L:
+Rules, for a text declared as language L. The model's agreement is the probability it gives to L's
+confusable group (L plus the registry's `confusable_groups` partners) and to L's close relatives
+outside the registry (`lid_models.<model>.relatives`: lid.176 reads short Cebuano as Tagalog).
+Lengths count a Han, kana or Hangul character as three letters (`effective_length`).
 
-* The model knows L: keep when the probability the model gives to L's confusable group (L plus
-  the registry's `confusable_groups` partners) reaches L's threshold; otherwise `wrong_language`
-  (or `wrong_script` when most letters are outside L's scripts).
-* The model lacks L (lid.176: ln bm nso ig rw ha doi): keep unless something contradicts L:
-  most letters are outside L's scripts (`wrong_script`), the model detects a language outside
-  L's group with at least `contradiction` confidence, or, when L has a stop-word list
-  (`pipeline/text/quality_languages.yaml`) and the text has enough words, too few of its words are L's
-  common words, or clearly more are those of another listed language (`wrong_language`).
-  The last catches text in the many languages neither the model nor the registry knows, which
-  the model cannot contradict with confidence.
-* Texts shorter than `min_chars` characters are too short to judge and are kept.
+* Any length: most letters outside L's scripts is `wrong_script`.
+* Under `min_chars`: otherwise kept, unless the model knows L and its top prediction is another
+  registry language with at least `tiny_contradiction` (`wrong_language`).
+* The model knows L: kept when the agreement reaches L's threshold, when the text is in a script only
+  L is written in among the model's languages (`SCRIPT_DECIDES`: Han without kana is Chinese), or
+  when its common words read as L. Otherwise it is removed only on contrary evidence: its
+  distinctive common words read as another listed language (`reads_as_other`); under
+  `short_text_chars`, a rival outside the group scoring `short_contradiction` and `short_margin` above
+  the agreement, or not one common word of L among `short_min_words`; longer, a rival scoring
+  `long_contradiction` and `long_margin` above, the agreement under `absent` (L is not among the
+  model's predictions at all), or too few of L's common words (`common_word_contradiction`).
+* The model lacks L (lid.176: ln bm nso ig rw ha doi): kept unless the model detects a language
+  outside L's group with at least `contradiction` confidence (and L's common words do not support
+  the text), or, when L has a stop-word list (`pipeline/text/quality_languages.yaml`) and the text has
+  enough words, too few of its words are L's common words, or clearly more are another language's.
+  The last catches text in the many languages neither the model nor the registry knows.
 
 `LanguageVerifier` wraps a `LanguageIdentifier` for batches; `verify` is the pure rule, for callers
 that already have predictions (the translation stage checks an LLM's output with it).
@@ -85,9 +93,25 @@ class LidThresholds:
     # language outside the group scoring at least `short_contradiction` and `short_margin` above the
     # declared group, or not one common word of the declared language among `short_min_words` or more.
     short_text_chars: int = 100
+    # Texts under `min_chars` (but `tiny_min_chars` or more) are removed only on a top prediction
+    # outside the group scoring `tiny_contradiction` or more.
+    tiny_min_chars: int = 12
+    tiny_contradiction: float = 0.9
     short_contradiction: float = 0.3
     short_margin: float = 0.2
     short_min_words: int = 6
+    # Longer texts whose declared group scores under its threshold are removed on a language outside the
+    # group scoring at least `long_contradiction` and `long_margin` above the group, or on the common-word
+    # check; a flat, unsure distribution alone is not evidence (lid.176 scores clean Swahili 0.1).
+    long_contradiction: float = 0.25
+    long_margin: float = 0.1
+    # ... or on the model giving the declared group less than `absent` (not among its top predictions):
+    # a language the model knows does not vanish from a whole paragraph of it.
+    absent: float = 0.01
+    # A text at least `other_min_share` of whose words (and `other_min_hits` or more) are on the lists of
+    # one other confusable group only, and none on the declared group's, reads as that language.
+    other_min_hits: int = 3
+    other_min_share: float = 0.2
     # A text at least this share of whose words are the declared language's common words (and no
     # other listed language's more) reads as that language whatever the model's score.
     common_word_support: float = 0.2
@@ -188,11 +212,25 @@ class CommonWords:
                 index[word].append(code)
         self.index = {word: tuple(codes) for word, codes in index.items()}
         self.codes = frozenset(lists)
+        self._distinctive: dict[int, dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def shipped(cls) -> CommonWords:
         """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`)."""
         return cls(stopword_lists())
+
+    def distinctive(self, registry: Registry) -> dict[str, tuple[str, ...]]:
+        """The words on the lists of one confusable group only (the lists of related languages share
+        their shortest words: `je`, `na`, `и`), word -> those languages."""
+        cached = self._distinctive.get(id(registry))
+        if cached is None:
+            cached = {
+                word: codes
+                for word, codes in self.index.items()
+                if len({min(registry.confusable_with(code)) for code in codes}) == 1
+            }
+            self._distinctive[id(registry)] = cached
+        return cached
 
     def counts(self, words: Iterable[str]) -> Counter[str]:
         """How many of `words` are on each language's list."""
@@ -238,6 +276,22 @@ _REQUIRED = {
     code: regex.compile("[" + "".join(rf"\p{{Script={s}}}" for s in scripts) + "]")
     for code, scripts in REQUIRED_SCRIPTS.items()
 }
+# Languages that are the only ones a language-ID model knows in their script (lid.176 writes no other
+# label in Han without kana, in Hangul, Thai or Lao): a text mostly in that script is that language,
+# whatever score the model gives it (fastText splits words on spaces, so an unspaced Chinese sentence
+# is one unknown word and scores low).
+SCRIPT_DECIDES: dict[str, str] = {"zh": "Hani", "ko": "Hang", "th": "Thai", "lo": "Laoo"}
+_KANA = _REQUIRED["ja"]
+
+
+def decided_by_script(text: str, declared: str, min_fraction: float) -> bool:
+    """Whether `text` is `declared` by its script alone (`SCRIPT_DECIDES`)."""
+    script = SCRIPT_DECIDES.get(declared)
+    if script is None or (declared == "zh" and _KANA.search(text)):
+        return False
+    return script_fraction(text, (script,)) >= min_fraction
+
+
 # Scripts whose words `_list_words` finds whole (no combining marks inside words), where a text without
 # a single common word of its declared language is evidence against it.
 _WHOLE_WORD_SCRIPTS = frozenset({"Latn", "Cyrl", "Grek"})
@@ -253,6 +307,31 @@ def credible(text: str, predictions: Sequence[LidPrediction]) -> tuple[list[LidP
         else:
             kept.append(p)
     return kept, dropped
+
+
+def reads_as_other(
+    text: str,
+    group: frozenset[str],
+    registry: Registry,
+    common_words: CommonWords | None,
+    thresholds: LidThresholds,
+) -> str | None:
+    """The listed language outside `group` that `text` reads as by the words only its group's lists
+    hold, when at least `other_min_hits` of them make `other_min_share` of the words and not one such
+    word is the declared group's; else None."""
+    if common_words is None:
+        return None
+    words = _list_words(text)
+    if len(words) < thresholds.other_min_hits:
+        return None
+    distinctive = common_words.distinctive(registry)
+    hits: Counter[str] = Counter(chain.from_iterable(filter(None, map(distinctive.get, words))))
+    if not hits or any(code in group for code in hits):
+        return None
+    other, n = hits.most_common(1)[0]
+    if n >= thresholds.other_min_hits and n / len(words) >= thresholds.other_min_share:
+        return other
+    return None
 
 
 def common_word_support(
@@ -289,22 +368,49 @@ def verify(
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
     language = registry.get(declared)
-    if len(text) < thresholds.min_chars:  # too short for the model; the script still tells
-        if _letter_count(text) >= thresholds.min_script_letters:
-            fraction = script_fraction(text, language.scripts)
-            if fraction < thresholds.min_script_fraction_short:
-                return Verdict(
-                    False,
-                    lid_language,
-                    lid_score,
-                    WRONG_SCRIPT,
-                    _script_detail(text, declared, language, fraction),
-                )
-        return Verdict(True, lid_language, lid_score)
+    length = effective_length(text)
+    # too short for the model; the script still tells
+    if length < thresholds.min_chars and _letter_count(text) >= thresholds.min_script_letters:
+        fraction = script_fraction(text, language.scripts)
+        if fraction < thresholds.min_script_fraction_short:
+            return Verdict(
+                False,
+                lid_language,
+                lid_score,
+                WRONG_SCRIPT,
+                _script_detail(text, declared, language, fraction),
+            )
     group = registry.confusable_with(declared)
+    relatives = registry.lid_relatives(model, declared)
+
+    def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a relative
+        return p.language in group or (p.language is None and p.label in relatives)
+
+    if length < thresholds.min_chars:
+        # judged on the top prediction only: a confident one of another registry language, outside the
+        # group, that the text's words do not contradict. Not for a language the model lacks, nor on a
+        # label outside the registry: on a few words lid.176 gives such labels to the languages it
+        # does not know (short Kinyarwanda and Swahili read as Finnish at 0.97).
+        if (
+            length >= thresholds.tiny_min_chars
+            and language.lid_labels_for(model)
+            and top is not None
+            and top.language is not None
+            and top.score >= thresholds.tiny_contradiction
+            and not agrees(top)
+            and credible(text, (top,))[0]
+            and not decided_by_script(text, declared, thresholds.min_script_fraction)
+            and not common_word_support(text, declared, common_words, thresholds)[0]
+        ):
+            detail = f"declared {declared}, detected {lid_language} ({top.score:.2f}) on a short text"
+            return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+        return Verdict(True, lid_language, lid_score)
+
     if language.lid_labels_for(model):
-        mass = sum(p.score for p in predictions if p.language in group)
+        mass = sum(p.score for p in predictions if agrees(p))
         if mass >= thresholds.for_language(declared):  # most texts: no further work
+            return Verdict(True, lid_language, lid_score)
+        if decided_by_script(text, declared, thresholds.min_script_fraction):
             return Verdict(True, lid_language, lid_score)
         allowed, dropped = credible(text, predictions)
         if dropped:
@@ -316,20 +422,36 @@ def verify(
             supported, none_common = common_word_support(text, declared, common_words, thresholds)
             if supported:
                 return Verdict(True, lid_language, lid_score)
-            if len(text) < thresholds.short_text_chars:
-                rival = max((p.score for p in allowed if p.language not in group), default=0.0)
-                contrary = rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
-                none_common = none_common and set(language.scripts) <= _WHOLE_WORD_SCRIPTS
-                if not (contrary or none_common):
+            rival = max((p.score for p in allowed if not agrees(p)), default=0.0)
+            if length < thresholds.short_text_chars:
+                contrary = (
+                    rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
+                ) or (none_common and set(language.scripts) <= _WHOLE_WORD_SCRIPTS)
+            else:
+                contrary = (
+                    mass < thresholds.absent
+                    or (rival >= thresholds.long_contradiction and rival >= mass + thresholds.long_margin)
+                    or (
+                        common_words is not None
+                        and common_word_contradiction(text, declared, common_words, thresholds) is not None
+                    )
+                )
+            if not contrary:
+                other = reads_as_other(text, group, registry, common_words, thresholds)
+                if other is None:
                     return Verdict(True, lid_language, lid_score)
+                return _reads_as_verdict(declared, other, lid_language, lid_score)
     else:
         fraction = script_fraction(text, language.scripts)
-        contradicted = top is not None and top.language not in group and top.score >= thresholds.contradiction
+        contradicted = top is not None and not agrees(top) and top.score >= thresholds.contradiction
         if contradicted and fraction >= thresholds.min_script_fraction:
             # a confident detection of another language on a text that reads as the declared one by
             # its common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
             contradicted = not common_word_support(text, declared, common_words, thresholds)[0]
         if fraction >= thresholds.min_script_fraction and not contradicted:
+            other = reads_as_other(text, group, registry, common_words, thresholds)
+            if other is not None:
+                return _reads_as_verdict(declared, other, lid_language, lid_score)
             reason = (
                 None
                 if common_words is None
@@ -349,13 +471,32 @@ def verify(
         if top
         else f"declared {declared}, detected nothing"
     )
-    if top is not None and top.language in group:
+    if top is not None and agrees(top):
         detail += f", below threshold {thresholds.for_language(declared):.2f}"
     return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
 
 
+def _reads_as_verdict(
+    declared: str, other: str, lid_language: str | None, lid_score: float | None
+) -> Verdict:
+    detail = f"declared {declared}, reads as {other} by its common words (detected {lid_language})"
+    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+
+
 def _letter_count(text: str) -> int:
-    return sum(map(len, _LETTERS.findall(text)))
+    return sum(map(len, _LETTERS.findall(text))) + (DENSE_CHAR_WEIGHT - 1) * len(_DENSE.findall(text))
+
+
+# A character of a script that writes a syllable or a morpheme per character carries about as much as
+# three letters of an alphabet: length thresholds set in letters count it three times (an
+# eight-character Chinese question is a whole sentence, not a fragment).
+DENSE_CHAR_WEIGHT = 3
+_DENSE = regex.compile(r"[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}]")
+
+
+def effective_length(text: str) -> int:
+    """`len(text)`, with each character of a dense script (Han, kana, Hangul) counted three times."""
+    return len(text) + (DENSE_CHAR_WEIGHT - 1) * len(_DENSE.findall(text))
 
 
 def _script_detail(text: str, declared: str, language, fraction: float) -> str:
@@ -418,12 +559,14 @@ class LanguageVerifier:
         """Whether `verify` gives the same verdict from the top prediction alone as from the top-k: the
         text is too short to judge, the model lacks the language (only the top prediction counts), or
         the top prediction is in the declared language's group with enough probability on its own."""
-        if len(text) < self.thresholds.min_chars or not predictions:
+        if effective_length(text) < self.thresholds.min_chars or not predictions:
             return True
         if not self.registry.get(declared).lid_labels_for(self.model):
             return True
         top = predictions[0]
-        in_group = top.language in self.registry.confusable_with(declared)
+        in_group = top.language in self.registry.confusable_with(declared) or (
+            top.language is None and top.label in self.registry.lid_relatives(self.model, declared)
+        )
         return in_group and top.score >= self.thresholds.for_language(declared)
 
     def check(self, text: str, declared: str) -> Verdict:
