@@ -60,6 +60,16 @@ def test_number_words_every_form_and_whole_words_only():
     assert worded_numbers("两天", "zh") == Counter({"2": 1})
     assert worded_numbers("wagonjwa walisita", "sw") == Counter()  # "sita" (6) inside a word
     assert worded_numbers("kwanza", "rw") == Counter()  # no list for the language: nothing guessed
+    assert worded_numbers("بیست و چوار کاتژمێر", "ckb") == Counter({"24": 1})  # tens "and" units
+    assert worded_numbers("awanni ashirin da huɗu", "ha") == Counter({"24": 1})
+
+
+def test_number_words_that_translate_the_source_s_words_stand_for_no_digits():
+    source = "The four-pack limit started on March 4."
+    assert missing_numbers(source, "La limite de quatre paquets date du 4 mars.", "en", "fr") == Counter()
+    assert missing_numbers(source, "La limite de quatre paquets date du 5 mars.", "en", "fr") == Counter(
+        {"4": 1}
+    )
 
 
 @pytest.mark.parametrize(
@@ -152,18 +162,24 @@ def test_real_translations_written_otherwise_pass_and_faulty_ones_fail(checker, 
 
 
 def test_real_translations_with_numbers_keep_them(checker, shared_data):
-    """Every TICO-19 translation into ar, hi, ne, pt, ru and zh of a sentence with numbers passes the
-    numbers rule (their references have no slips); a digit changed in each is caught."""
+    """Every TICO-19 translation into ar, ckb, hi, ne, pt, ru and zh of a sentence with numbers passes
+    the numbers rule (but the faulty ckb ones), and a number changed by one in it is caught (but where
+    the change hits a name, COVID-19 -> COVID-20, or another of its numbers is written as a word)."""
     tico = _tico(shared_data)
-    checked = caught = 0
+    faulty = {"tico19:PubMed_9:832", "tico19:wiki_4:2659", "tico19:wiki_4:2677", "tico19:wiki_4:2686"}
+    checked = changed = caught = 0
     for (tico_id, lang), output in tico.items():
         source = tico.get((tico_id, "en"))
-        if lang not in ("ar", "hi", "ne", "pt", "ru", "zh") or not source or not required_numbers(source):
+        if lang not in ("ar", "ckb", "hi", "ne", "pt", "ru", "zh") or not source or tico_id in faulty:
+            continue
+        if not required_numbers(source):
             continue
         checked += 1
         assert checker.numbers_problem(source, output, lang) is None, (tico_id, lang)
-        first = next(iter(required_numbers(source)))
-        changed = output.replace(first, str(int(first) + 1), 1) if first in output else None
-        if changed is not None and checker.numbers_problem(source, changed, lang) is not None:
-            caught += 1
-    assert checked > 400 and caught > 0.9 * checked / 2
+        for number in required_numbers(source):
+            if number in output:
+                changed += 1
+                wrong = output.replace(number, str(int(number) + 1), 1)
+                caught += checker.numbers_problem(source, wrong, lang) is not None
+    assert checked > 500 and changed > 0.8 * checked
+    assert caught >= 0.95 * changed, (caught, changed)

@@ -68,7 +68,8 @@ _SCALE_BEFORE_NUMBER = {"sw"}  # "elfu 52", "milioni 4.9"
 _UNSPACED = {"zh", "ja", "th", "lo"}
 _ATTACHED_SCALES = _UNSPACED | {"ko"}  # Korean writes "5만명": the scale word runs into the counter
 
-# Words for numbers in languages CLDR's spell-out rules lack, checked by hand (1-10).
+# Words for numbers in languages CLDR's spell-out rules lack, checked by hand: units and tens, joined
+# into 21-99 by the language's "and" (Sorani "بیست و چوار" = 24, Hausa "ashirin da huɗu").
 _EXTRA_NUMBER_WORDS: dict[str, dict[int, tuple[str, ...]]] = {
     "ckb": {
         1: ("یەک",),
@@ -81,6 +82,15 @@ _EXTRA_NUMBER_WORDS: dict[str, dict[int, tuple[str, ...]]] = {
         8: ("هەشت",),
         9: ("نۆ",),
         10: ("دە",),
+        20: ("بیست",),
+        30: ("سی",),
+        40: ("چل",),
+        50: ("پەنجا",),
+        60: ("شەست",),
+        70: ("حەفتا",),
+        80: ("هەشتا",),
+        90: ("نەوەد",),
+        100: ("سەد",),
     },
     "ha": {
         1: ("ɗaya", "daya"),
@@ -93,9 +103,19 @@ _EXTRA_NUMBER_WORDS: dict[str, dict[int, tuple[str, ...]]] = {
         8: ("takwas",),
         9: ("tara",),
         10: ("goma",),
+        20: ("ashirin",),
+        30: ("talatin",),
+        40: ("arba'in", "arbaʼin", "arba’in"),
+        50: ("hamsin",),
+        60: ("sittin",),
+        70: ("saba'in", "sabaʼin", "saba’in"),
+        80: ("tamanin",),
+        90: ("casa'in", "casaʼin", "casa’in"),
+        100: ("ɗari", "dari"),
     },
 }
 # Arabic says "two days" with the dual of the noun (يومين), not with a number word.
+_NUMBER_WORD_JOIN = {"ckb": "و", "ha": "da"}
 _ARABIC_DUAL = regex.compile(
     r"(?<!\w)(?:ال)?(?:متر|كيلومتر|سنتيمتر|مليمتر|لتر|يوم|اسبوع|شهر|عام|سنت|ساعت|دقيقت|مرت|جرعت|حالت"
     r"|شخص|طفل|قرص)(?:ين|ان)(?!\w)"
@@ -202,9 +222,8 @@ def _fold(text: str) -> str:
 def _number_words(language: str) -> tuple[regex.Pattern | None, dict[str, int]]:
     """The words for 1-100 in `language` (every grammatical form CLDR lists), longest first."""
     words: dict[str, int] = {}
-    rbnf_language = {"sr": "sr", "no": "no"}.get(language, language)
-    if rbnf_language in RbnfEngine.get_supported_languages():
-        engine = RbnfEngine.for_language(rbnf_language)
+    if language in RbnfEngine.get_supported_languages():
+        engine = RbnfEngine.for_language(language)
         for n in range(1, _WORD_NUMBER_MAX + 1):
             for ruleset, text in engine.format_number(n, FormatPurpose.CARDINAL).text_by_ruleset.items():
                 if "days" not in ruleset and "year" not in ruleset:
@@ -214,9 +233,18 @@ def _number_words(language: str) -> tuple[regex.Pattern | None, dict[str, int]]:
             for n in range(1, _WORD_NUMBER_MAX + 1):
                 for text in latin.format_number(n, FormatPurpose.CARDINAL).text_by_ruleset.values():
                     words.setdefault(_fold(text), n)
-    for n, forms in _EXTRA_NUMBER_WORDS.get(language, {}).items():
+    extra = _EXTRA_NUMBER_WORDS.get(language, {})
+    for n, forms in extra.items():
         for form in forms:
             words.setdefault(_fold(form), n)
+    if language in _NUMBER_WORD_JOIN:
+        for tens in range(20, 100, 10):
+            for unit in range(1, 10):
+                for ten_form in extra[tens]:
+                    for unit_form in extra[unit]:
+                        words.setdefault(
+                            _fold(f"{ten_form} {_NUMBER_WORD_JOIN[language]} {unit_form}"), tens + unit
+                        )
     if not words:
         return None, words
     alternatives = "|".join(regex.escape(w) for w in sorted(words, key=len, reverse=True))
@@ -276,7 +304,10 @@ def missing_numbers(source: str, output: str, source_language: str, target: str)
         elif any(d == digits for d, _, _ in written_scaled):
             missing[digits] += 1
     missing = +missing
-    for alternative in (worded_numbers(output, target), _calendar_years(output, target)):
+    # Number words of the output stand for the source's digits, except those that translate the
+    # source's own number words ("four-pack" -> "quatre paquets" says nothing about "March 4").
+    words = worded_numbers(output, target) - worded_numbers(source, source_language)
+    for alternative in (words, _calendar_years(output, target)):
         if missing:
             missing -= alternative
     return +missing
