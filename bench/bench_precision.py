@@ -265,6 +265,20 @@ def tico_units(path: Path) -> dict[str, dict[str, str]]:
     return units
 
 
+def changed_numbers_caught(checker, english: str, reply: str, target: str) -> list[bool]:
+    """Each of the source's numbers that the accepted reply writes in digits, changed by one in the
+    reply: is the change caught? (What the numbers rule must keep catching while it learns to accept
+    the ways languages write numbers.)"""
+    from pipeline.llm.quantities import required_numbers
+
+    out = []
+    for number in required_numbers(english):
+        if number in reply:
+            wrong = reply.replace(number, str(int(number) + 1), 1)
+            out.append(checker.numbers_problem(english, wrong, target) is not None)
+    return out
+
+
 def translation_checks(shared: Path, registry: Registry) -> dict:
     """TICO-19's human translations of its English sentences, served by the loopback LLM server
     (tests/helpers/llm_server.py) as replies to translation requests, through the translate stage's output
@@ -286,6 +300,7 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
     accepted_real: dict[str, list[bool]] = defaultdict(list)
     rejected: list[str] = []
     excluded: list[str] = []
+    changed_caught: list[bool] = []
     with LoopbackServer(FakeLLM(parallel)) as server:
         connection = http.client.HTTPConnection("127.0.0.1", server.port)
         for tico_id, unit in tico_units(path).items():
@@ -311,6 +326,8 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
                 faulty = FAULTY_REFERENCES.get((tico_id, target))
                 if faulty is None:
                     accepted_real[target].append(problem is None)
+                    if problem is None:
+                        changed_caught += changed_numbers_caught(checker, english, reply, target)
                 else:
                     verdict = "accepted" if problem is None else problem.reason
                     excluded.append(f"{tico_id} {target}: {faulty} ({verdict})")
@@ -336,6 +353,8 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
             }
             for code, flags in sorted(accepted.items())
         },
+        "changed_number_caught": rate(changed_caught),
+        "changed_number_n": len(changed_caught),
         "excluded": excluded,
         "rejected_examples": rejected[:100],
     }
@@ -604,7 +623,8 @@ def table(result: dict) -> str:
     lines.append(
         f"human translations accepted by the translate checks: {checks['accepted_real']:.3f} of "
         f"{checks['n_real']} real translations (raw {checks['accepted']:.3f} of {checks['n']}, "
-        f"{len(checks['excluded'])} faulty references left out)"
+        f"{len(checks['excluded'])} faulty references left out); a number changed by one caught in "
+        f"{checks['changed_number_caught']:.3f} of {checks['changed_number_n']}"
     )
     for code, row in checks["per_language"].items():
         lines.append(

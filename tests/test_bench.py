@@ -133,3 +133,4 @@ def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
     summary = results["summary"]["translations_accepted"]
     assert summary["value"] == checks["accepted_real"] and summary["raw"] == checks["accepted"]
     assert "real translations (raw" in stdout
+    assert checks["changed_number_n"] > 1000 and checks["changed_number_caught"] >= 0.95
