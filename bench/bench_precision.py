@@ -228,10 +228,63 @@ def wrong_set(clean: list[dict], registry: Registry) -> list[dict]:
 
 
 # ---- translation checks on human translations ---------------------------------------------------------
+_FR_MISALIGNED = "fr text translates another sentence (TICO-19's fr rows are shifted here)"
+# TICO-19 references that are not translations of their English sentence, each read by hand: the
+# checks rightly reject them (all but the misaligned French rows that happen to keep no number), so
+# the goal is judged on the other rows. (TICO id, language) -> why.
+FAULTY_REFERENCES: dict[tuple[str, str], str] = {
+    **{(f"tico19:Wikinews_1:{i}", "fr"): _FR_MISALIGNED for i in range(1086, 1096)},
+    **{(f"tico19:Wikinews_3:{i}", "fr"): _FR_MISALIGNED for i in range(1107, 1122)},
+    ("tico19:PubMed_9:797", "ln"): "typo '37,.6%' for 37.6%",
+    ("tico19:PubMed_9:798", "sw"): "typo 'kwa 9732' for '(732'",
+    ("tico19:PubMed_9:811", "sw"): "2,122 deaths for 2,112",
+    ("tico19:PubMed_9:832", "ckb"): "leaves out 'of 122,653 cases'",
+    ("tico19:Wikinews_1:1095", "rw"): "'ku ya 9 Werurwe' (March 9) for March 19",
+    ("tico19:Wikinews_3:1114", "ha"): "malformed '1, 000' for 1,000",
+    ("tico19:Wikinews_4:1129", "rw"): "'muri Werurwe' drops the day of 'March 8'",
+    ("tico19:Wikinews_5:1149", "es"): "'50 000 USD' for US$50 billion",
+    ("tico19:wiki_4:2659", "ckb"): "month 12 of 2020 for December 2019",
+    ("tico19:wiki_4:2670", "sw"): "79 for 74 candidates, and drops the year 2020",
+    ("tico19:wiki_4:2673", "sw"): "year 2929 for 2020",
+    ("tico19:wiki_4:2677", "ckb"): "'8/2/020' for 8 February 2020",
+    ("tico19:wiki_4:2681", "rw"): "'25 Werurwe' for 5 March",
+    ("tico19:wiki_4:2686", "ckb"): "'21/3/2020' for 12 March 2020",
+    ("tico19:wiki_4:2686", "rw"): "'5 Werurwe' for 12 March (the previous sentence's date)",
+    ("tico19:wiki_4:2687", "rw"): "'5 Werurwe' for 12 March",
+    ("tico19:wiki_4:2690", "rw"): "'5 Werurwe' for 17 March",
+    ("tico19:wiki_4:2695", "rw"): "'Werurwe 2020' drops the day of 20 March",
+}
+
+
+def tico_units(path: Path) -> dict[str, dict[str, str]]:
+    """TICO id of a sentence (without its language) -> {language: text}, placeholders left out."""
+    units: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in read_jsonl(path):
+        if row["text"].strip() != "{NS}":
+            units[row["id"].rsplit(":", 1)[0]][row["lang"]] = row["text"]
+    return units
+
+
+def changed_numbers_caught(checker, english: str, reply: str, target: str) -> list[bool]:
+    """Each of the source's numbers that the accepted reply writes in digits, changed by one in the
+    reply: is the change caught? (What the numbers rule must keep catching while it learns to accept
+    the ways languages write numbers.)"""
+    from pipeline.llm.quantities import required_numbers
+
+    out = []
+    for number in required_numbers(english):
+        if number in reply:
+            wrong = reply.replace(number, str(int(number) + 1), 1)
+            out.append(checker.numbers_problem(english, wrong, target) is not None)
+    return out
+
+
 def translation_checks(shared: Path, registry: Registry) -> dict:
     """TICO-19's human translations of its English sentences, served by the loopback LLM server
     (tests/helpers/llm_server.py) as replies to translation requests, through the translate stage's output
-    checks (`pipeline.llm.checks.OutputChecker`): the share accepted per target language."""
+    checks (`pipeline.llm.checks.OutputChecker`): the share accepted per target language, over all
+    references (`accepted`) and over those that are translations of their sentence (`accepted_real`,
+    leaving out `FAULTY_REFERENCES`)."""
     import http.client
 
     sys.path.insert(0, str(ROOT / "tests" / "helpers"))
@@ -240,16 +293,21 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
     from pipeline.llm.checks import OutputChecker
     from pipeline.text.fasttext_lid import LanguageIdentifier
 
-    parallel = tico_parallel(shared / "tico19_health_sentences.jsonl.gz")
+    path = shared / "tico19_health_sentences.jsonl.gz"
+    parallel = tico_parallel(path)
     checker = OutputChecker(registry, LanguageIdentifier(registry))
     accepted: dict[str, list[bool]] = defaultdict(list)
+    accepted_real: dict[str, list[bool]] = defaultdict(list)
     rejected: list[str] = []
+    excluded: list[str] = []
+    changed_caught: list[bool] = []
     with LoopbackServer(FakeLLM(parallel)) as server:
         connection = http.client.HTTPConnection("127.0.0.1", server.port)
-        for english, translations in parallel.items():
-            for raw_target in sorted(translations):
+        for tico_id, unit in tico_units(path).items():
+            english = unit.get("en")
+            for raw_target in sorted(unit):
                 target = registry_code(registry, raw_target)
-                if target is None or target == "en" or raw_target != target:
+                if english is None or target is None or target == "en" or raw_target != target:
                     continue
                 name = registry.get(target).name
                 body = {
@@ -265,19 +323,40 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
                 reply = json.loads(connection.getresponse().read())["choices"][0]["message"]["content"]
                 problem = checker.check_translation(english, reply, "en", target)
                 accepted[target].append(problem is None)
+                faulty = FAULTY_REFERENCES.get((tico_id, target))
+                if faulty is None:
+                    accepted_real[target].append(problem is None)
+                    if problem is None:
+                        changed_caught += changed_numbers_caught(checker, english, reply, target)
+                else:
+                    verdict = "accepted" if problem is None else problem.reason
+                    excluded.append(f"{tico_id} {target}: {faulty} ({verdict})")
                 if problem is not None:
                     rejected.append(
-                        f"{target} {problem.reason}: {english[:60]!r} -> {reply[:60]!r} ({problem.detail})"
+                        f"{tico_id} {target} {problem.reason}{' (faulty reference)' if faulty else ''}: "
+                        f"{english[:60]!r} -> {reply[:60]!r} ({problem.detail})"
                     )
         connection.close()
     total = [flag for flags in accepted.values() for flag in flags]
+    real = [flag for flags in accepted_real.values() for flag in flags]
     return {
         "accepted": rate(total),
         "n": len(total),
+        "accepted_real": rate(real),
+        "n_real": len(real),
         "per_language": {
-            code: {"n": len(flags), "accepted": rate(flags)} for code, flags in sorted(accepted.items())
+            code: {
+                "n": len(flags),
+                "accepted": rate(flags),
+                "n_real": len(accepted_real[code]),
+                "accepted_real": rate(accepted_real[code]),
+            }
+            for code, flags in sorted(accepted.items())
         },
-        "rejected_examples": rejected[:40],
+        "changed_number_caught": rate(changed_caught),
+        "changed_number_n": len(changed_caught),
+        "excluded": excluded,
+        "rejected_examples": rejected[:100],
     }
 
 
@@ -493,11 +572,13 @@ def summarize(result: dict) -> dict:
     checks = result["translation_checks"]
     out["translations_accepted"] = {
         "goal": GOALS["translations_accepted"],
-        "value": checks["accepted"],
+        "value": checks["accepted_real"],
+        "raw": checks["accepted"],
+        "excluded": len(checks["excluded"]),
         "missed": [
-            f"{code} {row['accepted']:.3f}"
+            f"{code} {row['accepted_real']:.3f} (raw {row['accepted']:.3f})"
             for code, row in checks["per_language"].items()
-            if row["accepted"] < GOALS["translations_accepted"]
+            if row["accepted_real"] < GOALS["translations_accepted"]
         ],
     }
     return out
@@ -537,6 +618,18 @@ def table(result: dict) -> str:
             lines.append(
                 f"  {true:5} " + "  ".join(f"{length} {row['caught']:.3f}" for length, row in rows.items())
             )
+    lines.append("")
+    checks = result["translation_checks"]
+    lines.append(
+        f"human translations accepted by the translate checks: {checks['accepted_real']:.3f} of "
+        f"{checks['n_real']} real translations (raw {checks['accepted']:.3f} of {checks['n']}, "
+        f"{len(checks['excluded'])} faulty references left out); a number changed by one caught in "
+        f"{checks['changed_number_caught']:.3f} of {checks['changed_number_n']}"
+    )
+    for code, row in checks["per_language"].items():
+        lines.append(
+            f"  {code:5} {row['accepted_real']:.3f} of {row['n_real']:>4}   raw {row['accepted']:.3f} of {row['n']}"
+        )
     lines.append("")
     for name, row in result["summary"].items():
         lines.append(

@@ -24,7 +24,7 @@ _LANGUAGE_KEYS = {"name", "scripts", "tier", "family", "lid_labels", "aliases", 
 _TOP_KEYS = {"version", "languages", "schemes", "default_scheme", "confusable_groups", "lid_models"}
 _SCHEME_KEYS = {"description", "experts"}
 _EXPERT_KEYS = {"id", "name", "families", "languages"}
-_LID_MODEL_KEYS = {"description", "label_prefix", "default_file", "labels", "relatives"}
+_LID_MODEL_KEYS = {"description", "label_prefix", "default_file", "labels", "look_alikes"}
 
 
 class RegistryError(ValueError):
@@ -94,9 +94,10 @@ class LidModel:
     description: str
     label_prefix: str
     default_file: str
-    # registry code -> the model's labels of close relatives outside the registry that it gives to that
-    # language's short texts (lid.176 reads short Cebuano as Tagalog): never evidence against it
-    relatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # registry code -> labels outside the registry that the model gives to that language's texts (a close
+    # relative: Cebuano read as Tagalog; or, for a language it lacks, a stand-in: Hausa read as Finnish):
+    # agreement, never evidence against it
+    look_alikes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve_default_file(self) -> Path:
         """`package:<pkg>/<path>` points inside an installed package; anything else is a path."""
@@ -197,10 +198,10 @@ class Registry:
             )
         return {label: code for code, lang in self.languages.items() for label in lang.lid_labels_for(model)}
 
-    def lid_relatives(self, model: str, code: str) -> tuple[str, ...]:
-        """Labels of `model` for close relatives of `code` outside the registry (`lid_models.<model>.relatives`)."""
+    def lid_look_alikes(self, model: str, code: str) -> tuple[str, ...]:
+        """Labels of `model` outside the registry that it gives to `code`'s texts (`lid_models.<model>.look_alikes`)."""
         spec = self.lid_models.get(model)
-        return spec.relatives.get(code, ()) if spec else ()
+        return spec.look_alikes.get(code, ()) if spec else ()
 
     def languages_without_lid(self, model: str) -> list[str]:
         return [c for c, lang in self.languages.items() if not lang.lid_labels_for(model)]
@@ -252,10 +253,12 @@ def _build(path: Path, raw: object) -> Registry:
         spec = _check_keys(
             path, f"lid_models.{name}", spec, _LID_MODEL_KEYS, {"label_prefix", "default_file"}
         )
-        relatives = spec.get("relatives") or {}
-        if not isinstance(relatives, dict):
+        look_alikes = spec.get("look_alikes") or {}
+        if not isinstance(look_alikes, dict):
             raise _fail(
-                path, f"lid_models.{name}.relatives", "expected a mapping of language code -> list of labels"
+                path,
+                f"lid_models.{name}.look_alikes",
+                "expected a mapping of language code -> list of labels",
             )
         lid_models[name] = LidModel(
             name,
@@ -263,8 +266,8 @@ def _build(path: Path, raw: object) -> Registry:
             spec["label_prefix"],
             spec["default_file"],
             {
-                str(code): _str_list(path, f"lid_models.{name}.relatives.{code}", labels)
-                for code, labels in relatives.items()
+                str(code): _str_list(path, f"lid_models.{name}.look_alikes.{code}", labels)
+                for code, labels in look_alikes.items()
             },
         )
         # a model's labels may be listed with the model (language code -> labels) instead of per language
@@ -339,11 +342,11 @@ def _build(path: Path, raw: object) -> Registry:
         )
 
     for model in lid_models.values():
-        for code, labels in model.relatives.items():
+        for code, labels in model.look_alikes.items():
             if code not in languages:
-                raise _fail(path, f"lid_models.{model.name}.relatives", f"unknown language '{code}'")
-            # a relative added to the registry is a language of its own: confusable_groups decide
-            model.relatives[code] = tuple(label for label in labels if (model.name, label) not in lid_owner)
+                raise _fail(path, f"lid_models.{model.name}.look_alikes", f"unknown language '{code}'")
+            # a look-alike added to the registry is a language of its own: confusable_groups decide
+            model.look_alikes[code] = tuple(label for label in labels if (model.name, label) not in lid_owner)
     for code in model_level_labels:
         if code not in languages:
             models = ", ".join(model_level_labels[code])

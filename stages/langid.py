@@ -41,6 +41,7 @@ def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -
         short_text_chars=cfg.short_text_chars,
         short_contradiction=cfg.short_contradiction,
         short_margin=cfg.short_margin,
+        short_foreign_contradiction=cfg.short_foreign_contradiction,
         short_min_words=cfg.short_min_words,
         common_word_support=cfg.common_word_support,
     )

@@ -124,3 +124,13 @@ def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
     assert set(results["goals"]) >= {"lid_keep", "quality_keep_curated", "junk_caught", "wrong_caught"}
     assert {"sw", "ar", "zh", "en"} <= set(results["clean"])  # TICO-19 and XMedBench languages
     assert results["counts"] and "junk_caught" in stdout
+    # translation checks: raw acceptance and acceptance over real translations, the faulty references
+    # left out named by TICO id with a reason, the goal judged on the real figure
+    checks = results["translation_checks"]
+    assert checks["n_real"] < checks["n"] and checks["accepted_real"] >= checks["accepted"]
+    assert all(row["n_real"] <= row["n"] for row in checks["per_language"].values())
+    assert any(line.startswith("tico19:Wikinews_3:1113 fr: ") for line in checks["excluded"])
+    summary = results["summary"]["translations_accepted"]
+    assert summary["value"] == checks["accepted_real"] and summary["raw"] == checks["accepted"]
+    assert "real translations (raw" in stdout
+    assert checks["changed_number_n"] > 1000 and checks["changed_number_caught"] >= 0.95

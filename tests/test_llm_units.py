@@ -13,10 +13,11 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.llm.accounting import Accounting, summary_from_counters
 from pipeline.llm.cache import CacheKey, RequestCache, normalize_segment
-from pipeline.llm.checks import OutputChecker, numbers
+from pipeline.llm.checks import OutputChecker
 from pipeline.llm.client import endpoint_label, parse_reply, parse_retry_after
 from pipeline.llm.glossary import Glossary, GlossaryError
 from pipeline.llm.memory import TMXError, TranslationMemory, read_tmx
+from pipeline.llm.quantities import numbers
 from pipeline.llm.ratelimit import TokenBucket
 from pipeline.llm.redaction import install_log_redaction, redact, register_secret
 from pipeline.llm.segments import chunk_text, pack, sentence_pieces

@@ -59,6 +59,7 @@ IMPORT_NAMES = {
     "lxml": "lxml",
     "ftfy": "ftfy",
     "stopwordsiso": "stopwordsiso",
+    "unicode-rbnf": "unicode_rbnf",
 }
 TRAINING_ONLY = {"torch", "transformers", "safetensors"}
 

@@ -377,8 +377,11 @@ class LangIdSection(Section):
         0.3, "short texts: a language outside the group this probable is contrary evidence ..."
     )
     short_margin: float = unit_interval(0.2, "... when it is this much above the declared group")
+    short_foreign_contradiction: float = unit_interval(
+        0.5, "short texts: ... this probable for a language outside the registry"
+    )
     short_min_words: int = Field(
-        6,
+        7,
         ge=1,
         description="short texts: this many words and not one common word of the language is contrary evidence",
     )
@@ -390,11 +393,13 @@ class LangIdSection(Section):
         0.01, "longer texts: a declared group scoring under this (not among the top predictions) rejects"
     )
     other_min_hits: int = Field(
-        3, ge=1, description="words only another group's common-word lists hold that make a text read as it ..."
+        3,
+        ge=1,
+        description="words only another group's common-word lists hold that make a text read as it ...",
     )
     other_min_share: float = unit_interval(0.2, "... when they are at least this share of its words")
     common_word_support: float = unit_interval(
-        0.2,
+        0.15,
         "a text with this share of the declared language's common words is kept whatever the model's score",
     )
     top_k: int = Field(5, ge=1, description="predictions per text considered for the declared language")

@@ -16,19 +16,15 @@ language (tests/test_llm_units.py).
 
 from __future__ import annotations
 
-import unicodedata
-from collections import Counter
-
 import regex
 
+from pipeline.llm.quantities import missing_numbers
 from pipeline.record_io import Rejection
 from pipeline.registry import Registry
 from pipeline.text.fasttext_lid import LanguageIdentifier
 from pipeline.text.lid_verify import CommonWords, LidThresholds, script_fraction, verify
 
 _LETTER = regex.compile(r"\p{L}")
-# A number: digit runs joined by one grouping/decimal separator (a space only before 3 digits).
-_NUMBER = regex.compile(r"\d+(?:(?:[.,'\u00a0\u202f\u066b\u066c]|\s(?=\d{3}(?!\d)))\d+)*")
 _WORD = regex.compile(r"\p{L}+")
 # Unit symbols written the same way in every Latin-script language.
 _DOSE = regex.compile(
@@ -64,13 +60,6 @@ _UNSPACED_WEIGHT = 3.0  # characters of a space-delimited language per character
 _MIN_CHARS_FOR_RATIO = 40
 _SHORT_SOURCE_CHARS = 60  # a dialogue turn or a title: translations vary more in length ...
 _SHORT_RATIO_SLACK = 1.5  # ... so its ratio bounds are this much wider
-# Numbers a human translator rightly changes or leaves out: those inside a name or code (COVID-19,
-# SARS-CoV-2, H1N1: translated as "کۆڕۆنا 2019" or the local name), and citation markers ([12], [3, 4]).
-_IDENTIFIER_NUMBER = regex.compile(r"\p{L}[\p{L}\d]*-?\d+[\p{L}\d]*|\d+[\p{L}][\p{L}\d]*")
-_CITATION = regex.compile(r"\[\d+(?:\s*[,–-]\s*\d+)*\]")
-_PM = regex.compile(r"\b(1[01]|[1-9])\s?p\.?m\b", regex.I)
-_SCALE_WORDS = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
-_SCALED = regex.compile(r"(\d+(?:[.,]\d+)?)\s+(thousand|million|billion)\b", regex.I)
 # How languages write "per cent" besides the sign: a translator writes "asilimia 5" for "5%".
 PERCENT_WORDS: dict[str, tuple[str, ...]] = {
     "sw": ("asilimia",),
@@ -87,25 +76,6 @@ PERCENT_WORDS: dict[str, tuple[str, ...]] = {
     "de": ("prozent",),
     "en": ("per cent", "percent"),
 }
-
-
-def _ascii_digits(run: str) -> str:
-    return "".join(str(unicodedata.digit(ch, 0)) for ch in run)
-
-
-def numbers(text: str) -> Counter:
-    """The numbers of `text` as ASCII digit strings (any script's digits), as a multiset.
-
-    Grouping and decimal separators and leading zeros are dropped, so 1,279 / 1279 / 1 279, 2.5 / 2,5
-    and 4 / 04 compare equal whatever the locale (Indian 10,51,635 included).
-    """
-    return Counter(_ascii_digits(regex.sub(r"\D", "", m)).lstrip("0") or "0" for m in _NUMBER.findall(text))
-
-
-def required_numbers(text: str) -> Counter:
-    """The numbers a translation must keep: those of `text` outside names and codes (COVID-19) and
-    citation markers ([12])."""
-    return numbers(_CITATION.sub(" ", _IDENTIFIER_NUMBER.sub(" ", text)))
 
 
 def _normal_words(text: str) -> str:
@@ -193,24 +163,14 @@ class OutputChecker:
             )
         return None
 
-    def numbers_problem(self, source: str, output: str, target: str) -> Rejection | None:
-        """The source's quantities are all in the output (in any script's digits); numbers inside names
-        and citation markers may go, "52 thousand" may become 52 000; a dose or per-cent unit must
+    def numbers_problem(
+        self, source: str, output: str, target: str, source_language: str = "en"
+    ) -> Rejection | None:
+        """The source's quantities are all in the output, however it writes them (any script's digits,
+        the target's number and scale words, clock times, calendars: `pipeline.llm.quantities`);
+        numbers inside names, citation markers and web addresses may go. A dose or per-cent unit must
         stay, as its symbol or (per cent) the target language's word for it."""
-        kept = numbers(output)
-        missing = required_numbers(source) - kept
-        for hour in _PM.finditer(source):  # 10 p.m. -> 22:00
-            if missing[hour.group(1)] and kept[str(int(hour.group(1)) + 12)]:
-                missing[hour.group(1)] -= 1
-        missing = +missing
-        for scaled in _SCALED.finditer(source):
-            value = numbers(scaled.group(1))
-            if value & missing:
-                whole = str(
-                    round(float(scaled.group(1).replace(",", ".")) * _SCALE_WORDS[scaled.group(2).lower()])
-                )
-                if kept[whole]:
-                    missing -= value
+        missing = missing_numbers(source, output, source_language, target)
         if missing:
             return Rejection("numbers_changed", f"missing number(s): {', '.join(sorted(missing.elements()))}")
         if "Latn" in self.registry.get(target).scripts:
@@ -235,7 +195,7 @@ class OutputChecker:
             or self.copy_problem(source, output)
             or self.language_problem(output, target)
             or self.length_problem(source, output, source_language, target)
-            or self.numbers_problem(source, output, target)
+            or self.numbers_problem(source, output, target, source_language)
         )
 
     def check_question(self, passage: str, question: str, language: str) -> Rejection | None:

@@ -1,8 +1,9 @@
 """Verify a document's declared language against language-ID predictions (reusable outside the langid stage).
 
 Rules, for a text declared as language L. The model's agreement is the probability it gives to L's
-confusable group (L plus the registry's `confusable_groups` partners) and to L's close relatives
-outside the registry (`lid_models.<model>.relatives`: lid.176 reads short Cebuano as Tagalog).
+confusable group (L plus the registry's `confusable_groups` partners) and to the labels outside the
+registry it gives to L's texts (`lid_models.<model>.look_alikes`: lid.176 reads short Cebuano as
+Tagalog, and Hausa, which it lacks, as Finnish).
 Lengths count a Han, kana or Hangul character as three letters (`effective_length`).
 
 * Any length: most letters outside L's scripts is `wrong_script`.
@@ -99,7 +100,8 @@ class LidThresholds:
     tiny_contradiction: float = 0.9
     short_contradiction: float = 0.3
     short_margin: float = 0.2
-    short_min_words: int = 6
+    short_min_words: int = 7
+    short_foreign_contradiction: float = 0.5  # ... for a rival label outside the registry
     # Longer texts whose declared group scores under its threshold are removed on a language outside the
     # group scoring at least `long_contradiction` and `long_margin` above the group, or on the common-word
     # check; a flat, unsure distribution alone is not evidence (lid.176 scores clean Swahili 0.1).
@@ -114,7 +116,7 @@ class LidThresholds:
     other_min_share: float = 0.2
     # A text at least this share of whose words are the declared language's common words (and no
     # other listed language's more) reads as that language whatever the model's score.
-    common_word_support: float = 0.2
+    common_word_support: float = 0.15
 
     def for_language(self, code: str) -> float:
         return self.per_language.get(code, self.default)
@@ -334,6 +336,17 @@ def reads_as_other(
     return None
 
 
+def has_common_word(text: str, code: str, registry: Registry, common_words: CommonWords | None) -> bool:
+    """Whether `text` has a word of `code`'s common-word list, or cannot be told (no list, or a script
+    whose words `_list_words` does not find whole): a short text without one word of English's list
+    is not English, whatever the model says."""
+    if common_words is None or code not in common_words.codes:
+        return True
+    if not set(registry.get(code).scripts) <= _WHOLE_WORD_SCRIPTS:
+        return True
+    return common_words.counts(_list_words(text)).get(code, 0) > 0
+
+
 def common_word_support(
     text: str, declared: str, common_words: CommonWords | None, thresholds: LidThresholds
 ) -> tuple[bool, bool]:
@@ -368,7 +381,8 @@ def verify(
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
     language = registry.get(declared)
-    length = effective_length(text)
+    # (a text this long already passes every length threshold: no need to weigh its characters)
+    length = len(text) if len(text) >= thresholds.short_text_chars else effective_length(text)
     # too short for the model; the script still tells
     if length < thresholds.min_chars and _letter_count(text) >= thresholds.min_script_letters:
         fraction = script_fraction(text, language.scripts)
@@ -381,10 +395,10 @@ def verify(
                 _script_detail(text, declared, language, fraction),
             )
     group = registry.confusable_with(declared)
-    relatives = registry.lid_relatives(model, declared)
+    look_alikes = registry.lid_look_alikes(model, declared)
 
-    def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a relative
-        return p.language in group or (p.language is None and p.label in relatives)
+    def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a look-alike
+        return p.language in group or (p.language is None and p.label in look_alikes)
 
     if length < thresholds.min_chars:
         # judged on the top prediction only: a confident one of another registry language, outside the
@@ -424,8 +438,23 @@ def verify(
                 return Verdict(True, lid_language, lid_score)
             rival = max((p.score for p in allowed if not agrees(p)), default=0.0)
             if length < thresholds.short_text_chars:
+                # a label outside the registry needs more: on short text of the languages it knows
+                # poorly, lid.176 gives Basque, Quechua or Esperanto 0.3 to 0.4
+                short_rival = max(
+                    (
+                        p.score
+                        for p in allowed
+                        if not agrees(p)
+                        and (
+                            p.score >= thresholds.short_foreign_contradiction
+                            if p.language is None
+                            else has_common_word(text, p.language, registry, common_words)
+                        )
+                    ),
+                    default=0.0,
+                )
                 contrary = (
-                    rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
+                    short_rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
                 ) or (none_common and set(language.scripts) <= _WHOLE_WORD_SCRIPTS)
             else:
                 contrary = (
@@ -557,15 +586,16 @@ class LanguageVerifier:
 
     def _settled_by_top(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> bool:
         """Whether `verify` gives the same verdict from the top prediction alone as from the top-k: the
-        text is too short to judge, the model lacks the language (only the top prediction counts), or
+        text is under `min_chars` or the model lacks the language (only the top prediction counts), or
         the top prediction is in the declared language's group with enough probability on its own."""
-        if effective_length(text) < self.thresholds.min_chars or not predictions:
+        short = len(text) < self.thresholds.min_chars and effective_length(text) < self.thresholds.min_chars
+        if short or not predictions:
             return True
         if not self.registry.get(declared).lid_labels_for(self.model):
             return True
         top = predictions[0]
         in_group = top.language in self.registry.confusable_with(declared) or (
-            top.language is None and top.label in self.registry.lid_relatives(self.model, declared)
+            top.language is None and top.label in self.registry.lid_look_alikes(self.model, declared)
         )
         return in_group and top.score >= self.thresholds.for_language(declared)
 
