@@ -199,8 +199,9 @@ COMMON_WORDS_PREFIX = 600
 _LIST_WORD = re.compile(r"\w+")
 
 
-def _list_words(text: str) -> list[str]:
-    return _LIST_WORD.findall(text[:COMMON_WORDS_PREFIX].lower())
+@lru_cache(maxsize=4)  # one text's words serve the several common-word checks of its verdict
+def _list_words(text: str) -> tuple[str, ...]:
+    return tuple(_LIST_WORD.findall(text[:COMMON_WORDS_PREFIX].lower()))
 
 
 class CommonWords:
