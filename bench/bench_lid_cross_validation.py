@@ -1,7 +1,7 @@
 """Are language ID's common-word settings fitted to the paragraphs they are measured on? A two-fold check.
 
 Texts declared in a language lid.176 lacks (ha rw ln bm nso ig) are also judged by their common words
-(`pipeline.text.lid_verify.common_word_contradiction`), with two settings: the least share of the declared
+(`pipeline.text.common_words.common_word_contradiction`), with two settings: the least share of the declared
 language's common words (`min_common_word_share`) and how far another listed language's share may
 exceed it (`common_word_margin`). The shipped values were chosen on the language-ID benchmark's
 paragraphs (`bench/lid_eval.py`), the same ones its figures come from.
@@ -27,7 +27,8 @@ from lid_eval import Paragraph, judged_pairs, load_paragraphs  # noqa: E402
 from provenance import write_result  # noqa: E402
 
 from pipeline.registry import load_registry  # noqa: E402
-from pipeline.text.lid_verify import LanguageVerifier, LidThresholds, common_word_shares, verify  # noqa: E402
+from pipeline.text.common_words import common_word_shares  # noqa: E402
+from pipeline.text.lid_verify import LanguageVerifier, LidThresholds, verify  # noqa: E402
 
 SHARES = (0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16)
 MARGINS = (0.0, 0.025, 0.05, 0.075, 0.10)

@@ -63,7 +63,7 @@ def explain(cfg: Config, out: Path, record_id: str) -> dict:
 
 
 def _langid(cfg: Config, row: dict) -> dict:
-    from pipeline.text.lid_verify import common_word_shares
+    from pipeline.text.common_words import common_word_shares
     from pipeline.text.normalize import content_text
     from stages.langid import make_verifier
 

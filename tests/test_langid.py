@@ -15,7 +15,8 @@ from conftest import fake_upstream, record
 
 from pipeline.dag import run_stage
 from pipeline.record_io import list_parquet, read_records
-from pipeline.text.lid_verify import CommonWords, LanguageVerifier, LidThresholds, common_word_shares, verify
+from pipeline.text.common_words import CommonWords, common_word_shares
+from pipeline.text.lid_verify import LanguageVerifier, LidThresholds, verify
 
 HELDOUT = Path(__file__).resolve().parent.parent / "bench" / "heldout_paragraphs.jsonl"
 
@@ -499,8 +500,8 @@ def test_very_short_text_is_removed_only_on_a_very_confident_registry_language(r
 def test_text_reading_as_another_listed_language_by_its_distinctive_words(registry):
     """Words only one group's lists hold (`kuma`, `cikin`, `akwai` are Hausa's alone; `na`, `da`, `ya`
     are on several lists) make a text read as that language when the declared one has none."""
+    from pipeline.text.common_words import reads_as_other
     from pipeline.text.fasttext_lid import LidPrediction
-    from pipeline.text.lid_verify import reads_as_other
 
     thresholds = LidThresholds.for_model("lid176")
     words = CommonWords.shipped()

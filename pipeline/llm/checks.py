@@ -21,8 +21,9 @@ import regex
 from pipeline.llm.quantities import missing_numbers
 from pipeline.record_io import Rejection
 from pipeline.registry import Registry
+from pipeline.text.common_words import CommonWords
 from pipeline.text.fasttext_lid import LanguageIdentifier
-from pipeline.text.lid_verify import CommonWords, LidThresholds, script_fraction, verify
+from pipeline.text.lid_verify import LidThresholds, script_fraction, verify
 
 _LETTER = regex.compile(r"\p{L}")
 _WORD = regex.compile(r"\p{L}+")
