@@ -46,7 +46,9 @@ def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -
         common_word_support=cfg.common_word_support,
     )
     model_path = resolve(cfg.model_path) if cfg.model_path else None
-    return LanguageVerifier(registry, cfg.model, model_path, thresholds, k=cfg.top_k)
+    return LanguageVerifier(
+        registry, cfg.model, model_path, thresholds, k=cfg.top_k, second_opinion=cfg.second_opinion == "cld2"
+    )
 
 
 class LanguageIdFilter(RecordFilter):

@@ -111,15 +111,15 @@ def test_per_language_threshold_from_config(tmp_path, write_config):
             "sw",
         )
     ]
-    # its Swahili common words would keep it whatever the score: switched off to test the threshold;
-    # under its threshold a text is judged on contrary evidence, and `absent: 1` makes any score one
-    _, kept, removed = run_langid(
-        tmp_path, write_config, rows, thresholds={"sw": 0.999}, common_word_support=1.0, absent=1.0
-    )
+    # its Swahili common words and CLD2 would keep it whatever the score: switched off to test the
+    # threshold; under its threshold a text is judged on contrary evidence, and `absent: 1` makes any
+    # score one
+    off = {"common_word_support": 1.0, "absent": 1.0, "second_opinion": "none"}
+    _, kept, removed = run_langid(tmp_path, write_config, rows, thresholds={"sw": 0.999}, **off)
     assert not kept
     assert removed["sw-1"]["quarantine_detail"].endswith("below threshold 1.00")
     (tmp_path / "default").mkdir()
-    _, kept, _ = run_langid(tmp_path / "default", write_config, rows, common_word_support=1.0, absent=1.0)
+    _, kept, _ = run_langid(tmp_path / "default", write_config, rows, **off)
     assert set(kept) == {"sw-1"}
 
 
@@ -209,9 +209,10 @@ def test_keep_and_catch_rates_small(shared_data, registry):
 def test_languages_the_model_lacks_are_checked_by_their_common_words(shared_data, registry):
     """lid.176 has no Hausa, Kinyarwanda or Lingala, and cannot name Kanuri, Dinka, Zulu, Fulfulde, Oromo
     or Nuer with confidence either: such text declared as Hausa gives no confident contradiction. Their
-    common words tell them apart; Swahili, which lid.176 scores low, reads as Swahili. (Luganda, close
-    to the Bantu lists and without a list of its own, mostly still passes as Hausa.)"""
-    verifier = LanguageVerifier(registry)
+    common words tell them apart (CLD2's second opinion, which knows Hausa, switched off to test them);
+    Swahili, which lid.176 scores low, reads as Swahili. (Luganda, close to the Bantu lists and without
+    a list of its own, mostly still passes as Hausa.)"""
+    verifier = LanguageVerifier(registry, second_opinion=False)
     own = tico_paragraphs(shared_data, registry, 12, {"ha", "rw", "ln"})
     for lang, texts in own.items():
         assert all(v.keep for v in verifier.verify_batch(texts, [lang] * len(texts))), lang
@@ -233,6 +234,8 @@ def test_languages_the_model_lacks_are_checked_by_their_common_words(shared_data
     swahili = tico_paragraphs(shared_data, registry, 12, {"sw"})["sw"]
     caught = [v for v in verifier.verify_batch(swahili, ["ha"] * len(swahili)) if not v.keep]
     assert len(caught) >= 10 and any("reads more like sw" in v.detail for v in caught)
+    with_cld2 = LanguageVerifier(registry).verify_batch(swahili, ["ha"] * len(swahili))
+    assert all("CLD2 reads sw" in v.detail for v in with_cld2)
     short = " ".join(others[0].split()[:12])  # under min_words_for_common_words: not judged by words
     assert verifier.check(short, "ha").keep or "common" not in verifier.check(short, "ha").detail
 
@@ -555,3 +558,58 @@ def test_a_stand_in_label_for_a_language_the_model_lacks_is_not_contrary(registr
     hausa = "shin kana jin kamar wani yana matse kirjin ka"  # TICO-19; lid.176: fi 0.95
     assert verify(hausa, "ha", [LidPrediction(None, "fi", 0.95)], registry, thresholds).keep
     assert not verify(hausa, "ha", [LidPrediction(None, "et", 0.95)], registry, thresholds).keep
+
+
+def test_second_opinion_reads_registry_languages_lid176_lacks(registry):
+    """CLD2 reads short Hausa, Kinyarwanda and Lingala TICO-19 sentences right, maps its own codes
+    (`iw`, `zh-Hant`) onto the registry's, and has no opinion on other languages or broken text."""
+    from pipeline.text.second_opinion import SecondOpinion
+
+    second = SecondOpinion(registry)
+    assert second("kuma kuna da zazzabi yanzu") == "ha"
+    assert second("mfite ububabare bwinshi hano mu gatuza") == "rw"
+    assert second("basymptomi oyo ewumeli mikolo boni?") == "ln"
+    assert second("שלום, אני רופא במחלקה הפנימית של בית החולים") == "he"
+    assert second("醫生說他需要在醫院多休息幾天，然後再回家。") == "zh"
+    assert (
+        second("Magandang umaga po, kumusta na kayo ngayong araw?") is None
+    )  # Tagalog: not a registry language
+    assert second("broken \ud800 text") is None
+
+
+def test_second_opinion_settles_what_lid176_leaves_undecided(registry):
+    """Where lid.176 is unsure, CLD2 keeps text it reads as the declared language and removes text it
+    reads as another (corroborated by that language's common words); under 30 characters only when
+    lid.176 agrees with it or lacks its language."""
+    from pipeline.text.fasttext_lid import LidPrediction
+    from pipeline.text.second_opinion import SecondOpinion
+
+    thresholds = LidThresholds.for_model("lid176")
+    words, second = CommonWords.shipped(), SecondOpinion(registry)
+
+    def verdict(text, declared, predictions, opinion=second):
+        return verify(
+            text, declared, predictions, registry, thresholds, common_words=words, second_opinion=opinion
+        )
+
+    hausa = "kuma alamomin cutar ku ba su barin ku cikin kwanaki biyar"  # TICO-19; lid.176: en 0.11
+    unsure = [LidPrediction("en", "en", 0.11), LidPrediction("it", "it", 0.08)]
+    assert verdict(hausa, "ceb", unsure, opinion=None).keep  # lid.176 alone cannot object
+    removed = verdict(hausa, "ceb", unsure)
+    assert (removed.keep, removed.detail) == (False, "declared ceb, CLD2 reads ha (lid.176: en 0.11)")
+    assert not verdict(hausa, "ig", unsure).keep  # a language lid.176 lacks, declared wrongly
+    assert verdict(hausa, "ha", [LidPrediction(None, "et", 0.95)]).keep  # ... and rightly
+    gaelic = "Chan fheum thu a thighinn dhan oifis a dh'obair Disathairne."  # Tatoeba; lid.176: en 0.50
+    assert verdict(gaelic, "gd", [LidPrediction("en", "en", 0.5), LidPrediction("gd", "gd", 0.05)]).keep
+    short = "kuma kuna da zazzabi yanzu"  # TICO-19, 26 characters
+    assert not verdict(short, "hr", [LidPrediction(None, "io", 0.29)]).keep
+    assert verdict(short, "hr", [LidPrediction(None, "io", 0.29)], opinion=None).keep
+
+
+def test_second_opinion_can_be_switched_off(tmp_path, write_config):
+    rows = [record("ha-as-ig", "kuma alamomin cutar ku ba su barin ku cikin kwanaki biyar", "ig")]
+    _, kept, removed = run_langid(tmp_path, write_config, rows)
+    assert removed["ha-as-ig"]["quarantine_detail"].startswith("declared ig, CLD2 reads ha")
+    (tmp_path / "none").mkdir()
+    _, kept, _ = run_langid(tmp_path / "none", write_config, rows, second_opinion="none")
+    assert set(kept) == {"ha-as-ig"}

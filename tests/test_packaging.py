@@ -48,6 +48,7 @@ IMPORT_NAMES = {
     "numpy": "numpy",
     "orjson": "orjson",
     "regex": "regex",
+    "pycld2": "pycld2",
     "xxhash": "xxhash",
     "zstandard": "zstandard",
     "warcio": "warcio",

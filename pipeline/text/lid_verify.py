@@ -47,6 +47,7 @@ from pipeline.text.common_words import (
     reads_as_other,
 )
 from pipeline.text.fasttext_lid import LanguageIdentifier, LidPrediction
+from pipeline.text.second_opinion import SecondOpinion
 
 WRONG_LANGUAGE = "wrong_language"
 WRONG_SCRIPT = "wrong_script"
@@ -235,11 +236,14 @@ def verify(
     thresholds: LidThresholds,
     model: str = "lid176",
     common_words: CommonWords | None = None,
+    second_opinion: SecondOpinion | None = None,
 ) -> Verdict:
     """Check that `text` is in `declared` given the model's top-k `predictions` (best first).
 
     `common_words`: the stop-word lists (`CommonWords.shipped()`); without them a language the model
-    lacks is judged by script and confident detections only."""
+    lacks is judged by script and confident detections only. `second_opinion`: another model's
+    registry language for a text (`pipeline.text.second_opinion.SecondOpinion`), asked only where the
+    model leaves the text undecided."""
     top = predictions[0] if predictions else None
     lid_language = (top.language or top.label) if top else None
     lid_score = round(top.score, 4) if top else None
@@ -263,7 +267,35 @@ def verify(
     def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a look-alike
         return p.language in group or (p.language is None and p.label in look_alikes)
 
+    opinion: list[str | None] = []  # asked once, and only if needed
+
+    def second() -> str | None:
+        if not opinion:
+            opinion.append(second_opinion(text) if second_opinion is not None else None)
+        return opinion[0]
+
+    def second_reads_other(model_absent: bool = False) -> str | None:
+        """The second opinion's language when it is outside the group and the text has a common word
+        of it (where it has a list): CLD2 is sure of itself on a few words, rightly or not. Only if it
+        knows the declared language, the model finds none of it (`model_absent`), or the model's top
+        prediction is that language too."""
+        if second_opinion is None:
+            return None
+        other = second()
+        if other is None or other in group or not has_common_word(text, other, registry, common_words):
+            return None
+        if second_opinion.knows(declared) or model_absent or (top is not None and top.language == other):
+            return other
+        return None
+
     if length < thresholds.min_chars:
+        if length >= thresholds.tiny_min_chars and second_opinion is not None and not (top and agrees(top)):
+            # two witnesses: the second opinion, and the model agreeing with it or lacking its language
+            other = second_reads_other()
+            if other is not None and (
+                not registry.get(other).lid_labels_for(model) or (top is not None and top.language == other)
+            ):
+                return _second_opinion_verdict(declared, other, lid_language, lid_score)
         # judged on the top prediction only: a confident one of another registry language, outside the
         # group, that the text's words do not contradict. Not for a language the model lacks, nor on a
         # label outside the registry: on a few words lid.176 gives such labels to the languages it
@@ -297,7 +329,7 @@ def verify(
         fraction = script_fraction(text, language.scripts)
         if fraction >= thresholds.min_script_fraction:
             supported, none_common = common_word_support(text, declared, common_words, thresholds)
-            if supported:
+            if supported or second() in group:
                 return Verdict(True, lid_language, lid_score)
             rival = max((p.score for p in allowed if not agrees(p)), default=0.0)
             if length < thresholds.short_text_chars:
@@ -329,6 +361,9 @@ def verify(
                     )
                 )
             if not contrary:
+                other = second_reads_other(model_absent=mass < thresholds.absent)
+                if other is not None:
+                    return _second_opinion_verdict(declared, other, lid_language, lid_score)
                 other = reads_as_other(text, group, registry, common_words, thresholds)
                 if other is None:
                     return Verdict(True, lid_language, lid_score)
@@ -340,6 +375,13 @@ def verify(
             # a confident detection of another language on a text that reads as the declared one by
             # its common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
             contradicted = not common_word_support(text, declared, common_words, thresholds)[0]
+        if fraction >= thresholds.min_script_fraction and second_opinion is not None:
+            # the second opinion knows most of the languages this model lacks: its word settles it
+            if second() in group:
+                return Verdict(True, lid_language, lid_score)
+            other = None if contradicted else second_reads_other()
+            if other is not None:
+                return _second_opinion_verdict(declared, other, lid_language, lid_score)
         if fraction >= thresholds.min_script_fraction and not contradicted:
             other = reads_as_other(text, group, registry, common_words, thresholds)
             if other is not None:
@@ -372,6 +414,13 @@ def _reads_as_verdict(
     declared: str, other: str, lid_language: str | None, lid_score: float | None
 ) -> Verdict:
     detail = f"declared {declared}, reads as {other} by its common words (detected {lid_language})"
+    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+
+
+def _second_opinion_verdict(
+    declared: str, other: str, lid_language: str | None, lid_score: float | None
+) -> Verdict:
+    detail = f"declared {declared}, CLD2 reads {other} (lid.176: {lid_language} {lid_score})"
     return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
 
 
@@ -412,6 +461,7 @@ class LanguageVerifier:
         model_path: str | None = None,
         thresholds: LidThresholds | None = None,
         k: int = 5,
+        second_opinion: bool = True,
     ):
         self.registry = registry
         self.model = model
@@ -419,6 +469,7 @@ class LanguageVerifier:
         self.thresholds = thresholds or LidThresholds.for_model(model)
         self.k = k
         self.common_words = CommonWords.shipped()
+        self.second_opinion = SecondOpinion(registry) if second_opinion else None
 
     def verify_batch(self, texts: Sequence[str], declared: Sequence[str]) -> list[Verdict]:
         """Verdicts of a batch. fastText's top-1 is cheaper than its top-k, and settles most texts (see
@@ -441,10 +492,17 @@ class LanguageVerifier:
         ]
 
     def verify(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> Verdict:
-        """`verify` with this verifier's registry, thresholds, model and common words, on predictions
-        the caller already has."""
+        """`verify` with this verifier's registry, thresholds, model, common words and second opinion,
+        on predictions the caller already has."""
         return verify(
-            text, declared, predictions, self.registry, self.thresholds, self.model, self.common_words
+            text,
+            declared,
+            predictions,
+            self.registry,
+            self.thresholds,
+            self.model,
+            self.common_words,
+            self.second_opinion,
         )
 
     def _settled_by_top(self, text: str, declared: str, predictions: Sequence[LidPrediction]) -> bool:
