@@ -64,6 +64,7 @@ def explain(cfg: Config, out: Path, record_id: str) -> dict:
 
 def _langid(cfg: Config, row: dict) -> dict:
     from pipeline.text.common_words import common_word_shares
+    from pipeline.text.lid_verify import effective_length
     from pipeline.text.normalize import content_text
     from stages.langid import make_verifier
 
@@ -73,22 +74,28 @@ def _langid(cfg: Config, row: dict) -> dict:
     predictions = verifier.identifier.predict([text], k=verifier.k)[0]
     verdict = verifier.verify(text, row["language"], predictions)
     group = registry.confusable_with(row["language"])
+    look_alikes = registry.lid_look_alikes(verifier.model, row["language"])
     t = verifier.thresholds
     shares = common_word_shares(text, verifier.common_words, 1) or {}
+    length = effective_length(text)
+    agreeing = sum(
+        p.score for p in predictions if p.language in group or (p.language is None and p.label in look_alikes)
+    )
     return {
         "keep": verdict.keep,
         "reason": verdict.reason,
         "detail": verdict.detail,
         "predictions": [(p.language or p.label, round(p.score, 4)) for p in predictions],
-        "declared_group": sorted(group),
-        "declared_group_probability": round(sum(p.score for p in predictions if p.language in group), 4),
+        "declared_group": sorted(group) + list(look_alikes),
+        "declared_group_probability": round(agreeing, 4),
         "threshold": t.for_language(row["language"]),
-        "length": len(text),
+        "second_opinion": verifier.second_opinion(text) if verifier.second_opinion else "off",
+        "length": length,
         "judged_as": (
-            "too short for the model (script only)"
-            if len(text) < t.min_chars
+            "very short: script and a confident top prediction only"
+            if length < t.min_chars
             else "short: removed only on contrary evidence"
-            if len(text) < t.short_text_chars
+            if length < t.short_text_chars
             else "long"
         ),
         "common_word_shares": {k: round(v, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:5]},
@@ -183,6 +190,7 @@ def format_explanation(info: dict) -> str:
         f"    declared group {'/'.join(lid['declared_group'])}: {lid['declared_group_probability']:.2f} "
         f"(threshold {lid['threshold']:.2f})",
         f"    common-word shares: {json.dumps(lid['common_word_shares'])}",
+        f"    second opinion (CLD2): {lid['second_opinion'] or 'no registry language'}",
     ]
     if lid["detail"]:
         lines.append(f"    detail: {lid['detail']}")

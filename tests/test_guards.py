@@ -93,8 +93,10 @@ def test_explain_shows_provenance_decision_and_every_signal(tmp_path, write_conf
     assert "seen in:    dedup:output -> langid:quarantine" in text
     assert "removed by: langid: wrong_language (declared sw, detected en" in text
     assert "predictions: en " in text and "min_stopwords" in text and "max_top_ngram_fraction" in text
+    assert "second opinion (CLD2): en" in text
     as_json = json.loads(explain_cli(config, tmp_path, "sw-3", "--json").stdout)
     assert as_json["removed_by"] is None and as_json["langid"]["keep"]
+    assert as_json["langid"]["second_opinion"] == "sw"
     assert {r["rule"] for r in as_json["quality"]["rules"]} >= {"min_stopwords", "max_mojibake_ratio"}
     missing = explain_cli(config, tmp_path, "no-such-id")
     assert missing.returncode == 2 and "no-such-id" in missing.stderr

@@ -613,3 +613,16 @@ def test_second_opinion_can_be_switched_off(tmp_path, write_config):
     (tmp_path / "none").mkdir()
     _, kept, _ = run_langid(tmp_path / "none", write_config, rows, second_opinion="none")
     assert set(kept) == {"ha-as-ig"}
+
+
+def test_second_opinion_is_no_witness_for_japanese_without_kana(registry):
+    """CLD2, like lid.176, reads some kana-less Chinese terms as Japanese (TICO-19's `化学消毒`:
+    lid.176 ja 0.66, CLD2 ja): Japanese is never written without kana, so neither counts."""
+    from pipeline.text.fasttext_lid import LidPrediction
+    from pipeline.text.second_opinion import SecondOpinion
+
+    second = SecondOpinion(registry)
+    assert second("化学消毒") == "ja"
+    thresholds = LidThresholds.for_model("lid176")
+    predictions = [LidPrediction("ja", "ja", 0.66)]
+    assert verify("化学消毒", "zh", predictions, registry, thresholds, second_opinion=second).keep

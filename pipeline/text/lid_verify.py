@@ -284,6 +284,11 @@ def verify(
         other = second()
         if other is None or other in group or not has_common_word(text, other, registry, common_words):
             return None
+        required = _REQUIRED.get(other)  # CLD2 too reads kana-less Chinese as Japanese
+        if (required is not None and not required.search(text)) or decided_by_script(
+            text, declared, thresholds.min_script_fraction
+        ):
+            return None
         if second_opinion.knows(declared) or model_absent or (top is not None and top.language == other):
             return other
         return None
