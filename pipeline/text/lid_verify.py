@@ -262,6 +262,13 @@ def verify(
                 _script_detail(text, declared, language, fraction),
             )
     group = registry.confusable_with(declared)
+    known = bool(language.lid_labels_for(model))
+    if (  # most texts: the declared group alone reaches the threshold
+        known
+        and length >= thresholds.min_chars
+        and sum(p.score for p in predictions if p.language in group) >= thresholds.for_language(declared)
+    ):
+        return Verdict(True, lid_language, lid_score)
     look_alikes = registry.lid_look_alikes(model, declared)
 
     def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a look-alike
@@ -307,7 +314,7 @@ def verify(
         # does not know (short Kinyarwanda and Swahili read as Finnish at 0.97).
         if (
             length >= thresholds.tiny_min_chars
-            and language.lid_labels_for(model)
+            and known
             and top is not None
             and top.language is not None
             and top.score >= thresholds.tiny_contradiction
@@ -320,9 +327,9 @@ def verify(
             return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
         return Verdict(True, lid_language, lid_score)
 
-    if language.lid_labels_for(model):
+    if known:
         mass = sum(p.score for p in predictions if agrees(p))
-        if mass >= thresholds.for_language(declared):  # most texts: no further work
+        if mass >= thresholds.for_language(declared):  # with the look-alikes
             return Verdict(True, lid_language, lid_score)
         if decided_by_script(text, declared, thresholds.min_script_fraction):
             return Verdict(True, lid_language, lid_score)
