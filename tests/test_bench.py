@@ -133,4 +133,15 @@ def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
     summary = results["summary"]["translations_accepted"]
     assert summary["value"] == checks["accepted_real"] and summary["raw"] == checks["accepted"]
     assert "real translations (raw" in stdout
+    # held out: the seven real QA files of ../shared/data/benchmarks, in five languages
+    heldout = results["heldout_benchmarks"]
+    assert len(heldout) == 7 and {row["language"] for row in heldout.values()} == {
+        "en",
+        "es",
+        "fr",
+        "ja",
+        "ru",
+    }
+    assert all(0.0 <= row["lid_keep"] <= 1.0 and row["n"] >= 100 for row in heldout.values())
+    assert "held out, real medical QA files" in stdout
     assert checks["changed_number_n"] > 1000 and checks["changed_number_caught"] >= 0.95

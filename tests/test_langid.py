@@ -626,3 +626,24 @@ def test_second_opinion_is_no_witness_for_japanese_without_kana(registry):
     thresholds = LidThresholds.for_model("lid176")
     predictions = [LidPrediction("ja", "ja", 0.66)]
     assert verify("化学消毒", "zh", predictions, registry, thresholds, second_opinion=second).keep
+
+
+def test_common_words_join_the_maintained_lists_except_english():
+    """Language ID's common words are the hand-written list joined with stopwords-iso's (Russian `нет`
+    and `да` are only in the latter); English keeps its own, since stopwords-iso's English list holds
+    other languages' function words (`na`, `sa`, `ni`)."""
+    from pipeline.text.quality_signals import stopword_lists
+
+    words = CommonWords.shipped()
+    assert "нет" not in stopword_lists()["ru"] and "ru" in words.index["нет"]
+    assert "en" not in words.index.get("na", ()) and "en" not in words.index.get("sa", ())
+
+
+def test_a_russian_yes_no_question_declared_bulgarian_is_caught(registry):
+    """RuMedDaNet (held out from the benchmark the rules were tuned on): its short yes/no questions
+    share `да` with Bulgarian; lid.176 and CLD2 both read Russian."""
+    verifier = LanguageVerifier(registry)
+    question = "Синдром возникает из-за хронического гастрита?\nда\nнет"
+    assert verifier.check(question, "ru").keep
+    verdict = verifier.check(question, "bg")
+    assert not verdict.keep and verdict.reason == "wrong_language"

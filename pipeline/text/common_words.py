@@ -37,6 +37,9 @@ def _list_words(text: str) -> tuple[str, ...]:
     return tuple(_LIST_WORD.findall(text[:COMMON_WORDS_PREFIX].lower()))
 
 
+NOT_JOINED = frozenset({"en"})  # see `CommonWords.shipped`
+
+
 class CommonWords:
     """Stop-word lists indexed by word, so counting a text's common words of every listed language is
     one dictionary lookup per word."""
@@ -52,8 +55,20 @@ class CommonWords:
 
     @classmethod
     def shipped(cls) -> CommonWords:
-        """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`)."""
-        return cls(stopword_lists())
+        """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`), each of medbabel's
+        small hand-written lists joined with the language's stopwords-iso list where it has one: a
+        yes/no question such as "Оланзапин способен понижать температуру? да нет" holds none of the 40
+        Russian words quality counts, and reads as Bulgarian. Not English: its stopwords-iso list
+        (1,298 words) holds the short function words of other languages (`na`, `sa`, `ni`, `mu`)."""
+        import stopwordsiso
+
+        lists = {}
+        for code, words in stopword_lists().items():
+            maintained = stopwordsiso.stopwords(code) if stopwordsiso.has_lang(code) else ()
+            if code in NOT_JOINED:
+                maintained = ()
+            lists[code] = sorted(set(words) | {word.lower() for word in maintained})
+        return cls(lists)
 
     def distinctive(self, registry: Registry) -> dict[str, tuple[str, ...]]:
         """The words on the lists of one confusable group only (the lists of related languages share

@@ -281,29 +281,33 @@ def verify(
             opinion.append(second_opinion(text) if second_opinion is not None else None)
         return opinion[0]
 
-    def second_reads_other(model_absent: bool = False) -> str | None:
-        """The second opinion's language when it is outside the group and the text has a common word
-        of it (where it has a list): CLD2 is sure of itself on a few words, rightly or not. Only if it
-        knows the declared language, the model finds none of it (`model_absent`), or the model's top
-        prediction is that language too."""
+    def second_reads_other(model_absent: bool = False, tiny: bool = False) -> str | None:
+        """The second opinion's language when it is outside the group and a second witness agrees: the
+        model's top prediction is that language too, or the text has a common word of it (where it has
+        a list; CLD2 is sure of itself on a few words, rightly or not) and CLD2 knows the declared
+        language or the model finds none of it (`model_absent`). A `tiny` text needs the common word
+        whatever the model says: on a term or two both read a loanword as English."""
         if second_opinion is None:
             return None
         other = second()
-        if other is None or other in group or not has_common_word(text, other, registry, common_words):
+        if other is None or other in group:
             return None
         required = _REQUIRED.get(other)  # CLD2 too reads kana-less Chinese as Japanese
         if (required is not None and not required.search(text)) or decided_by_script(
             text, declared, thresholds.min_script_fraction
         ):
             return None
-        if second_opinion.knows(declared) or model_absent or (top is not None and top.language == other):
+        corroborated = has_common_word(text, other, registry, common_words)
+        if top is not None and top.language == other and (corroborated or not tiny):
             return other
-        return None
+        if not corroborated:
+            return None
+        return other if second_opinion.knows(declared) or model_absent else None
 
     if length < thresholds.min_chars:
         if length >= thresholds.tiny_min_chars and second_opinion is not None and not (top and agrees(top)):
             # two witnesses: the second opinion, and the model agreeing with it or lacking its language
-            other = second_reads_other()
+            other = second_reads_other(tiny=True)
             if other is not None and (
                 not registry.get(other).lid_labels_for(model) or (top is not None and top.language == other)
             ):
