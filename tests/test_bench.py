@@ -145,3 +145,23 @@ def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
     assert all(0.0 <= row["lid_keep"] <= 1.0 and row["n"] >= 100 for row in heldout.values())
     assert "held out, real medical QA files" in stdout
     assert checks["changed_number_n"] > 1000 and checks["changed_number_caught"] >= 0.95
+
+
+def test_precision_tables_in_the_docs_are_the_committed_results():
+    """The per-language precision table of the README and of docs/curation.md is the one
+    `bench_precision.py --markdown` makes from the committed bench/results/precision.json."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_precision.py"),
+            "--markdown",
+            str(ROOT / "bench/results/precision.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    table = result.stdout.strip()
+    assert table.startswith("| lang | LID keep")
+    for doc in ("README.md", "docs/curation.md"):
+        assert table in (ROOT / doc).read_text(encoding="utf-8"), f"{doc}: regenerate the table (--markdown)"
