@@ -9,6 +9,8 @@ identified on their own words (question and options, turn contents), not the ren
 
 from __future__ import annotations
 
+import dataclasses
+
 from datatrove.data import Document
 
 from pipeline.config import LangIdSection
@@ -18,33 +20,18 @@ from pipeline.registry import Registry
 from pipeline.text.lid_verify import LanguageVerifier, LidThresholds
 from pipeline.text.normalize import content_text
 
+# The config's names of two thresholds; every other `LidThresholds` setting the config has is named alike.
+_CONFIG_NAMES = {"default": "default_threshold", "contradiction": "contradiction_threshold"}
+
 
 def make_verifier(cfg: LangIdSection, registry: Registry, resolve=lambda p: p) -> LanguageVerifier:
     """The verifier the config describes (the model file is opened lazily, once per process)."""
-    thresholds = LidThresholds.for_model(
-        cfg.model,
-        cfg.thresholds,
-        default=cfg.default_threshold,
-        contradiction=cfg.contradiction_threshold,
-        min_script_fraction=cfg.min_script_fraction,
-        min_common_word_share=cfg.min_common_word_share,
-        common_word_margin=cfg.common_word_margin,
-        min_words_for_common_words=cfg.min_words_for_common_words,
-        min_chars=cfg.min_chars,
-        tiny_min_chars=cfg.tiny_min_chars,
-        tiny_contradiction=cfg.tiny_contradiction,
-        long_contradiction=cfg.long_contradiction,
-        long_margin=cfg.long_margin,
-        absent=cfg.absent,
-        other_min_hits=cfg.other_min_hits,
-        other_min_share=cfg.other_min_share,
-        short_text_chars=cfg.short_text_chars,
-        short_contradiction=cfg.short_contradiction,
-        short_margin=cfg.short_margin,
-        short_foreign_contradiction=cfg.short_foreign_contradiction,
-        short_min_words=cfg.short_min_words,
-        common_word_support=cfg.common_word_support,
-    )
+    settings = {
+        field.name: getattr(cfg, _CONFIG_NAMES.get(field.name, field.name))
+        for field in dataclasses.fields(LidThresholds)
+        if field.name != "per_language" and hasattr(cfg, _CONFIG_NAMES.get(field.name, field.name))
+    }
+    thresholds = LidThresholds.for_model(cfg.model, cfg.thresholds, **settings)
     model_path = resolve(cfg.model_path) if cfg.model_path else None
     return LanguageVerifier(
         registry, cfg.model, model_path, thresholds, k=cfg.top_k, second_opinion=cfg.second_opinion == "cld2"
