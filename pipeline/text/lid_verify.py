@@ -32,7 +32,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 import regex
@@ -245,199 +245,255 @@ def verify(
     registry language for a text (`pipeline.text.second_opinion.SecondOpinion`), asked only where the
     model leaves the text undecided."""
     top = predictions[0] if predictions else None
-    lid_language = (top.language or top.label) if top else None
-    lid_score = round(top.score, 4) if top else None
     language = registry.get(declared)
     # (a text this long already passes every length threshold: no need to weigh its characters)
     length = len(text) if len(text) >= thresholds.short_text_chars else effective_length(text)
-    # too short for the model; the script still tells
-    if length < thresholds.min_chars and _letter_count(text) >= thresholds.min_script_letters:
-        fraction = script_fraction(text, language.scripts)
-        if fraction < thresholds.min_script_fraction_short:
-            return Verdict(
-                False,
-                lid_language,
-                lid_score,
-                WRONG_SCRIPT,
-                _script_detail(text, declared, language, fraction),
-            )
-    group = registry.confusable_with(declared)
     known = bool(language.lid_labels_for(model))
     if (  # most texts: the declared group alone reaches the threshold
         known
         and length >= thresholds.min_chars
-        and sum(p.score for p in predictions if p.language in group) >= thresholds.for_language(declared)
+        and sum(p.score for p in predictions if p.language in registry.confusable_with(declared))
+        >= thresholds.for_language(declared)
     ):
-        return Verdict(True, lid_language, lid_score)
-    look_alikes = registry.lid_look_alikes(model, declared)
+        return Verdict(
+            True, (top.language or top.label) if top else None, round(top.score, 4) if top else None
+        )
+    case = _Case(text, declared, predictions, registry, thresholds, model, common_words, second_opinion)
+    if length < thresholds.min_chars:
+        return case.very_short(length)
+    return case.known_language(length) if known else case.unknown_language()
 
-    def agrees(p: LidPrediction) -> bool:  # the declared language, its group or a look-alike
-        return p.language in group or (p.language is None and p.label in look_alikes)
 
-    opinion: list[str | None] = []  # asked once, and only if needed
+class _Case:
+    """One text whose verdict the common case did not settle: the context the rules share, and each
+    piece of evidence computed at most once."""
 
-    def second() -> str | None:
-        if not opinion:
-            opinion.append(second_opinion(text) if second_opinion is not None else None)
-        return opinion[0]
+    def __init__(
+        self,
+        text: str,
+        declared: str,
+        predictions: Sequence[LidPrediction],
+        registry: Registry,
+        thresholds: LidThresholds,
+        model: str,
+        common_words: CommonWords | None,
+        second_opinion: SecondOpinion | None,
+    ):
+        self.text, self.declared, self.predictions = text, declared, predictions
+        self.registry, self.thresholds, self.model = registry, thresholds, model
+        self.common_words, self.second_opinion = common_words, second_opinion
+        self.language = registry.get(declared)
+        self.top = predictions[0] if predictions else None
+        self.lid_language = (self.top.language or self.top.label) if self.top else None
+        self.lid_score = round(self.top.score, 4) if self.top else None
+        self.group = registry.confusable_with(declared)
+        self.look_alikes = registry.lid_look_alikes(model, declared)
 
-    def second_reads_other(model_absent: bool = False, tiny: bool = False) -> str | None:
+    # ---- the three cases ------------------------------------------------------------------------------
+    def very_short(self, length: int) -> Verdict:
+        """Under `min_chars`: the script, then two witnesses or one very confident one."""
+        t, top = self.thresholds, self.top
+        if self.letters() >= t.min_script_letters:
+            fraction = self.script_fraction()
+            if fraction < t.min_script_fraction_short:
+                return self.wrong_script(fraction)
+        if length < t.tiny_min_chars:
+            return self.keep()
+        if self.second_opinion is not None and not (top and self.agrees(top)):
+            # two witnesses: the second opinion, and the model agreeing with it or lacking its language
+            other = self.second_reads_other(tiny=True)
+            if other is not None and (
+                not self.registry.get(other).lid_labels_for(self.model)
+                or (top is not None and top.language == other)
+            ):
+                return self.second_opinion_verdict(other)
+        # a confident top prediction of another registry language, outside the group, that the text's
+        # words do not contradict. Not for a language the model lacks, nor on a label outside the
+        # registry: on a few words lid.176 gives such labels to the languages it does not know (short
+        # Kinyarwanda and Swahili read as Finnish at 0.97).
+        if (
+            self.language.lid_labels_for(self.model)
+            and top is not None
+            and top.language is not None
+            and top.score >= t.tiny_contradiction
+            and not self.agrees(top)
+            and credible(self.text, (top,))[0]
+            and not self.decided_by_script()
+            and not self.supported_by_words()
+        ):
+            detail = (
+                f"declared {self.declared}, detected {self.lid_language} ({top.score:.2f}) on a short text"
+            )
+            return self.wrong_language(detail)
+        return self.keep()
+
+    def known_language(self, length: int) -> Verdict:
+        """The model knows the language and its agreement is under the threshold: kept on its script, its
+        common words or the second opinion; removed only on contrary evidence."""
+        t = self.thresholds
+        threshold = t.for_language(self.declared)
+        mass = sum(p.score for p in self.predictions if self.agrees(p))
+        if mass >= threshold or self.decided_by_script():  # a look-alike's share; a script only it uses
+            return self.keep()
+        allowed, dropped = credible(self.text, self.predictions)
+        if dropped:
+            mass /= max(1.0 - dropped, 1e-6)
+            if mass >= threshold:
+                return self.keep()
+        fraction = self.script_fraction()
+        if fraction < t.min_script_fraction:
+            return self.wrong_script(fraction)
+        supported, none_common = common_word_support(self.text, self.declared, self.common_words, t)
+        if supported or self.second() in self.group:
+            return self.keep()
+        rival = max((p.score for p in allowed if not self.agrees(p)), default=0.0)
+        if length < t.short_text_chars:
+            # a label outside the registry needs more: on short text of the languages it knows poorly,
+            # lid.176 gives Basque, Quechua or Esperanto 0.3 to 0.4; a registry language needs one of
+            # its common words in the text
+            short_rival = max(
+                (
+                    p.score
+                    for p in allowed
+                    if not self.agrees(p)
+                    and (
+                        p.score >= t.short_foreign_contradiction
+                        if p.language is None
+                        else has_common_word(self.text, p.language, self.registry, self.common_words)
+                    )
+                ),
+                default=0.0,
+            )
+            contrary = (short_rival >= t.short_contradiction and rival >= mass + t.short_margin) or (
+                none_common and set(self.language.scripts) <= WHOLE_WORD_SCRIPTS
+            )
+        else:
+            contrary = (
+                mass < t.absent
+                or (rival >= t.long_contradiction and rival >= mass + t.long_margin)
+                or (
+                    self.common_words is not None
+                    and common_word_contradiction(self.text, self.declared, self.common_words, t) is not None
+                )
+            )
+        if contrary:
+            return self.detected_other()
+        other = self.second_reads_other(model_absent=mass < t.absent)
+        if other is not None:
+            return self.second_opinion_verdict(other)
+        other = reads_as_other(self.text, self.group, self.registry, self.common_words, t)
+        return self.keep() if other is None else self.reads_as_verdict(other)
+
+    def unknown_language(self) -> Verdict:
+        """The model lacks the language: kept unless something contradicts it."""
+        t, top = self.thresholds, self.top
+        fraction = self.script_fraction()
+        if fraction < t.min_script_fraction:
+            return self.wrong_script(fraction)
+        # a confident detection of another language on a text that reads as the declared one by its
+        # common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
+        contradicted = (
+            top is not None
+            and not self.agrees(top)
+            and top.score >= t.contradiction
+            and not self.supported_by_words()
+        )
+        if self.second_opinion is not None:
+            # the second opinion knows most of the languages this model lacks: its word settles it
+            if self.second() in self.group:
+                return self.keep()
+            other = None if contradicted else self.second_reads_other()
+            if other is not None:
+                return self.second_opinion_verdict(other)
+        if contradicted:
+            return self.detected_other()
+        other = reads_as_other(self.text, self.group, self.registry, self.common_words, t)
+        if other is not None:
+            return self.reads_as_verdict(other)
+        reason = (
+            None
+            if self.common_words is None
+            else common_word_contradiction(self.text, self.declared, self.common_words, t)
+        )
+        if reason is None:
+            return self.keep()
+        return self.wrong_language(f"{reason} (detected {self.lid_language})")
+
+    # ---- evidence ---------------------------------------------------------------------------------------
+    def agrees(self, p: LidPrediction) -> bool:
+        """The prediction is the declared language, its group or a look-alike."""
+        return p.language in self.group or (p.language is None and p.label in self.look_alikes)
+
+    def letters(self) -> int:
+        return _letter_count(self.text)
+
+    def script_fraction(self) -> float:
+        return script_fraction(self.text, self.language.scripts)
+
+    def decided_by_script(self) -> bool:
+        return decided_by_script(self.text, self.declared, self.thresholds.min_script_fraction)
+
+    def supported_by_words(self) -> bool:
+        return common_word_support(self.text, self.declared, self.common_words, self.thresholds)[0]
+
+    @cached_property
+    def _second(self) -> str | None:
+        return self.second_opinion(self.text) if self.second_opinion is not None else None
+
+    def second(self) -> str | None:
+        """The second opinion's registry language, asked once and only if needed."""
+        return self._second
+
+    def second_reads_other(self, model_absent: bool = False, tiny: bool = False) -> str | None:
         """The second opinion's language when it is outside the group and a second witness agrees: the
         model's top prediction is that language too, or the text has a common word of it (where it has
         a list; CLD2 is sure of itself on a few words, rightly or not) and CLD2 knows the declared
         language or the model finds none of it (`model_absent`). A `tiny` text needs the common word
         whatever the model says: on a term or two both read a loanword as English."""
-        if second_opinion is None:
+        if self.second_opinion is None:
             return None
-        other = second()
-        if other is None or other in group:
+        other = self.second()
+        if other is None or other in self.group:
             return None
         required = _REQUIRED.get(other)  # CLD2 too reads kana-less Chinese as Japanese
-        if (required is not None and not required.search(text)) or decided_by_script(
-            text, declared, thresholds.min_script_fraction
-        ):
+        if (required is not None and not required.search(self.text)) or self.decided_by_script():
             return None
-        corroborated = has_common_word(text, other, registry, common_words)
-        if top is not None and top.language == other and (corroborated or not tiny):
+        corroborated = has_common_word(self.text, other, self.registry, self.common_words)
+        if self.top is not None and self.top.language == other and (corroborated or not tiny):
             return other
         if not corroborated:
             return None
-        return other if second_opinion.knows(declared) or model_absent else None
+        return other if self.second_opinion.knows(self.declared) or model_absent else None
 
-    if length < thresholds.min_chars:
-        if length >= thresholds.tiny_min_chars and second_opinion is not None and not (top and agrees(top)):
-            # two witnesses: the second opinion, and the model agreeing with it or lacking its language
-            other = second_reads_other(tiny=True)
-            if other is not None and (
-                not registry.get(other).lid_labels_for(model) or (top is not None and top.language == other)
-            ):
-                return _second_opinion_verdict(declared, other, lid_language, lid_score)
-        # judged on the top prediction only: a confident one of another registry language, outside the
-        # group, that the text's words do not contradict. Not for a language the model lacks, nor on a
-        # label outside the registry: on a few words lid.176 gives such labels to the languages it
-        # does not know (short Kinyarwanda and Swahili read as Finnish at 0.97).
-        if (
-            length >= thresholds.tiny_min_chars
-            and known
-            and top is not None
-            and top.language is not None
-            and top.score >= thresholds.tiny_contradiction
-            and not agrees(top)
-            and credible(text, (top,))[0]
-            and not decided_by_script(text, declared, thresholds.min_script_fraction)
-            and not common_word_support(text, declared, common_words, thresholds)[0]
-        ):
-            detail = f"declared {declared}, detected {lid_language} ({top.score:.2f}) on a short text"
-            return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
-        return Verdict(True, lid_language, lid_score)
+    # ---- verdicts -----------------------------------------------------------------------------------------
+    def keep(self) -> Verdict:
+        return Verdict(True, self.lid_language, self.lid_score)
 
-    if known:
-        mass = sum(p.score for p in predictions if agrees(p))
-        if mass >= thresholds.for_language(declared):  # with the look-alikes
-            return Verdict(True, lid_language, lid_score)
-        if decided_by_script(text, declared, thresholds.min_script_fraction):
-            return Verdict(True, lid_language, lid_score)
-        allowed, dropped = credible(text, predictions)
-        if dropped:
-            mass /= max(1.0 - dropped, 1e-6)
-            if mass >= thresholds.for_language(declared):
-                return Verdict(True, lid_language, lid_score)
-        fraction = script_fraction(text, language.scripts)
-        if fraction >= thresholds.min_script_fraction:
-            supported, none_common = common_word_support(text, declared, common_words, thresholds)
-            if supported or second() in group:
-                return Verdict(True, lid_language, lid_score)
-            rival = max((p.score for p in allowed if not agrees(p)), default=0.0)
-            if length < thresholds.short_text_chars:
-                # a label outside the registry needs more: on short text of the languages it knows
-                # poorly, lid.176 gives Basque, Quechua or Esperanto 0.3 to 0.4
-                short_rival = max(
-                    (
-                        p.score
-                        for p in allowed
-                        if not agrees(p)
-                        and (
-                            p.score >= thresholds.short_foreign_contradiction
-                            if p.language is None
-                            else has_common_word(text, p.language, registry, common_words)
-                        )
-                    ),
-                    default=0.0,
-                )
-                contrary = (
-                    short_rival >= thresholds.short_contradiction and rival >= mass + thresholds.short_margin
-                ) or (none_common and set(language.scripts) <= WHOLE_WORD_SCRIPTS)
-            else:
-                contrary = (
-                    mass < thresholds.absent
-                    or (rival >= thresholds.long_contradiction and rival >= mass + thresholds.long_margin)
-                    or (
-                        common_words is not None
-                        and common_word_contradiction(text, declared, common_words, thresholds) is not None
-                    )
-                )
-            if not contrary:
-                other = second_reads_other(model_absent=mass < thresholds.absent)
-                if other is not None:
-                    return _second_opinion_verdict(declared, other, lid_language, lid_score)
-                other = reads_as_other(text, group, registry, common_words, thresholds)
-                if other is None:
-                    return Verdict(True, lid_language, lid_score)
-                return _reads_as_verdict(declared, other, lid_language, lid_score)
-    else:
-        fraction = script_fraction(text, language.scripts)
-        contradicted = top is not None and not agrees(top) and top.score >= thresholds.contradiction
-        if contradicted and fraction >= thresholds.min_script_fraction:
-            # a confident detection of another language on a text that reads as the declared one by
-            # its common words (lid.176 calls short Hausa sentences Finnish at 0.88) is not kept out
-            contradicted = not common_word_support(text, declared, common_words, thresholds)[0]
-        if fraction >= thresholds.min_script_fraction and second_opinion is not None:
-            # the second opinion knows most of the languages this model lacks: its word settles it
-            if second() in group:
-                return Verdict(True, lid_language, lid_score)
-            other = None if contradicted else second_reads_other()
-            if other is not None:
-                return _second_opinion_verdict(declared, other, lid_language, lid_score)
-        if fraction >= thresholds.min_script_fraction and not contradicted:
-            other = reads_as_other(text, group, registry, common_words, thresholds)
-            if other is not None:
-                return _reads_as_verdict(declared, other, lid_language, lid_score)
-            reason = (
-                None
-                if common_words is None
-                else common_word_contradiction(text, declared, common_words, thresholds)
-            )
-            if reason is None:
-                return Verdict(True, lid_language, lid_score)
-            return Verdict(
-                False, lid_language, lid_score, WRONG_LANGUAGE, f"{reason} (detected {lid_language})"
-            )
-    if fraction < thresholds.min_script_fraction:
-        return Verdict(
-            False, lid_language, lid_score, WRONG_SCRIPT, _script_detail(text, declared, language, fraction)
+    def wrong_language(self, detail: str) -> Verdict:
+        return Verdict(False, self.lid_language, self.lid_score, WRONG_LANGUAGE, detail)
+
+    def wrong_script(self, fraction: float) -> Verdict:
+        detail = _script_detail(self.text, self.declared, self.language, fraction)
+        return Verdict(False, self.lid_language, self.lid_score, WRONG_SCRIPT, detail)
+
+    def detected_other(self) -> Verdict:
+        top = self.top
+        if top is None:
+            return self.wrong_language(f"declared {self.declared}, detected nothing")
+        detail = f"declared {self.declared}, detected {self.lid_language} ({top.score:.2f})"
+        if self.agrees(top):
+            detail += f", below threshold {self.thresholds.for_language(self.declared):.2f}"
+        return self.wrong_language(detail)
+
+    def reads_as_verdict(self, other: str) -> Verdict:
+        return self.wrong_language(
+            f"declared {self.declared}, reads as {other} by its common words (detected {self.lid_language})"
         )
-    detail = (
-        f"declared {declared}, detected {lid_language} ({top.score:.2f})"
-        if top
-        else f"declared {declared}, detected nothing"
-    )
-    if top is not None and agrees(top):
-        detail += f", below threshold {thresholds.for_language(declared):.2f}"
-    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
 
-
-def _reads_as_verdict(
-    declared: str, other: str, lid_language: str | None, lid_score: float | None
-) -> Verdict:
-    detail = f"declared {declared}, reads as {other} by its common words (detected {lid_language})"
-    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
-
-
-def _second_opinion_verdict(
-    declared: str, other: str, lid_language: str | None, lid_score: float | None
-) -> Verdict:
-    detail = f"declared {declared}, CLD2 reads {other} (lid.176: {lid_language} {lid_score})"
-    return Verdict(False, lid_language, lid_score, WRONG_LANGUAGE, detail)
+    def second_opinion_verdict(self, other: str) -> Verdict:
+        return self.wrong_language(
+            f"declared {self.declared}, CLD2 reads {other} (lid.176: {self.lid_language} {self.lid_score})"
+        )
 
 
 def _letter_count(text: str) -> int:
