@@ -344,7 +344,7 @@ class _Case:
         if fraction < t.min_script_fraction:
             return self.wrong_script(fraction)
         supported, none_common = common_word_support(self.text, self.declared, self.common_words, t)
-        if supported or self.second() in self.group:
+        if supported or self.second in self.group:
             return self.keep()
         rival = max((p.score for p in allowed if not self.agrees(p)), default=0.0)
         if length < t.short_text_chars:
@@ -400,7 +400,7 @@ class _Case:
         )
         if self.second_opinion is not None:
             # the second opinion knows most of the languages this model lacks: its word settles it
-            if self.second() in self.group:
+            if self.second in self.group:
                 return self.keep()
             other = None if contradicted else self.second_reads_other()
             if other is not None:
@@ -437,12 +437,9 @@ class _Case:
         return common_word_support(self.text, self.declared, self.common_words, self.thresholds)[0]
 
     @cached_property
-    def _second(self) -> str | None:
-        return self.second_opinion(self.text) if self.second_opinion is not None else None
-
     def second(self) -> str | None:
         """The second opinion's registry language, asked once and only if needed."""
-        return self._second
+        return self.second_opinion(self.text) if self.second_opinion is not None else None
 
     def second_reads_other(self, model_absent: bool = False, tiny: bool = False) -> str | None:
         """The second opinion's language when it is outside the group and a second witness agrees: the
@@ -452,7 +449,7 @@ class _Case:
         whatever the model says: on a term or two both read a loanword as English."""
         if self.second_opinion is None:
             return None
-        other = self.second()
+        other = self.second
         if other is None or other in self.group:
             return None
         required = _REQUIRED.get(other)  # CLD2 too reads kana-less Chinese as Japanese
