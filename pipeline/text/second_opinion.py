@@ -5,8 +5,8 @@ Scottish Gaelic: on a short sentence of them it has nothing to say, or something
 0.95). CLD2 is another kind of model (quadgram scores over web text, 160-odd languages) that knows
 45 of the 50 registry languages, these among them (not bm, ckb, doi, ilo, mai), and reads a
 six-word Hausa or Kinyarwanda sentence right. Language ID asks it only where lid.176 leaves a text
-undecided (`pipeline.text.lid_verify.verify`), so it costs little: CLD2 reads about 100,000 short texts
-a second on one core.
+undecided (`pipeline.text.lid_verify.verify`), so it adds little to the stage's time (measured in
+docs/dedup_langid.md).
 """
 
 from __future__ import annotations
