@@ -339,7 +339,12 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
         connection.close()
     total = [flag for flags in accepted.values() for flag in flags]
     real = [flag for flags in accepted_real.values() for flag in flags]
+    wrong_caught = wrong_language_replies(parallel, registry, checker)
     return {
+        "wrong_language_caught": rate([flag for flags in wrong_caught.values() for flag in flags]),
+        "wrong_language_caught_per_language": {
+            code: rate(flags) for code, flags in sorted(wrong_caught.items())
+        },
         "accepted": rate(total),
         "n": len(total),
         "accepted_real": rate(real),
@@ -358,6 +363,26 @@ def translation_checks(shared: Path, registry: Registry) -> dict:
         "excluded": excluded,
         "rejected_examples": rejected[:100],
     }
+
+
+def wrong_language_replies(parallel: dict, registry: Registry, checker) -> dict[str, list[bool]]:
+    """An LLM that answers in the wrong language: for each English sentence and target, the human
+    translation into another TICO-19 language (outside the target's confusable group) as the reply;
+    per target, whether the checks reject it."""
+    rng = random.Random(SEED)
+    caught: dict[str, list[bool]] = defaultdict(list)
+    for english, translations in parallel.items():
+        replies = {
+            code: text
+            for raw, text in translations.items()
+            if (code := registry_code(registry, raw)) is not None and code == raw and code != "en"
+        }
+        for target in sorted(replies):
+            others = sorted(code for code in replies if code not in registry.confusable_with(target))
+            if others:
+                reply = replies[rng.choice(others)]
+                caught[target].append(checker.check_translation(english, reply, "en", target) is not None)
+    return caught
 
 
 # ---- held out: real medical QA files the rules were never tuned on ---------------------------------------
@@ -667,6 +692,12 @@ def table(result: dict) -> str:
         lines.append(
             f"  {code:5} {row['accepted_real']:.3f} of {row['n_real']:>4}   raw {row['accepted']:.3f} of {row['n']}"
         )
+    lines.append(
+        f"replies in another language (another TICO-19 translation) rejected: {checks['wrong_language_caught']:.3f}; "
+        + ", ".join(
+            f"{code} {value:.3f}" for code, value in checks["wrong_language_caught_per_language"].items()
+        )
+    )
     lines.append("")
     lines.append("held out, real medical QA files: language ID keep / wrong labels caught")
     for name, row in result["heldout_benchmarks"].items():

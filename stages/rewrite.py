@@ -87,7 +87,9 @@ class RewriteStep(LLMStep):
         self.registry = load_registry(cfg.registry_path())
         model_path = cfg.resolve(cfg.langid.model_path) if cfg.langid.model_path else None
         self.checker = OutputChecker(
-            self.registry, LanguageIdentifier(self.registry, cfg.langid.model, model_path)
+            self.registry,
+            LanguageIdentifier(self.registry, cfg.langid.model, model_path),
+            second_opinion=cfg.langid.second_opinion == "cld2",
         )
         self.prompt = rewrite_prompt(cfg.rewrite.prompt_version)
         self.languages = {self.registry.normalize_code(c) for c in cfg.rewrite.languages}

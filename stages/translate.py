@@ -106,7 +106,13 @@ class TranslateStep(LLMStep):
         self.selection = Selection(section, registry)
         model_path = cfg.resolve(cfg.langid.model_path) if cfg.langid.model_path else None
         lid = LanguageIdentifier(registry, cfg.langid.model, model_path)
-        checker = OutputChecker(registry, lid, tuple(section.length_ratio), section.lid_min_score)
+        checker = OutputChecker(
+            registry,
+            lid,
+            tuple(section.length_ratio),
+            section.lid_min_score,
+            second_opinion=cfg.langid.second_opinion == "cld2",
+        )
         memory = TranslationMemory()
         for path in section.translation_memories:
             memory.load_tmx(cfg.resolve(path), registry, self.selection.from_languages)

@@ -133,6 +133,9 @@ def test_precision_benchmark_runs_on_the_shared_data(tmp_path, shared_data):
     summary = results["summary"]["translations_accepted"]
     assert summary["value"] == checks["accepted_real"] and summary["raw"] == checks["accepted"]
     assert "real translations (raw" in stdout
+    assert (
+        0.0 <= checks["wrong_language_caught"] <= 1.0 and "ha" in checks["wrong_language_caught_per_language"]
+    )
     # held out: the seven real QA files of ../shared/data/benchmarks, in five languages
     heldout = results["heldout_benchmarks"]
     assert len(heldout) == 7 and {row["language"] for row in heldout.values()} == {

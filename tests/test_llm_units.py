@@ -144,6 +144,22 @@ def test_script_decides_for_unspaced_and_uncovered_languages(checker):
     ).reason == ("wrong_script")
 
 
+def test_a_reply_in_another_language_is_caught_short_or_unsure(checker, registry):
+    """TICO-19 replies in the wrong language: a short Chinese reply for a French target by its script
+    (a Han character counts three letters), a Swahili one for a Hausa target, on which lid.176 is unsure,
+    by CLD2's second opinion. The right-language replies pass."""
+    assert checker.language_problem("您现在有发热吗？", "fr").reason == "wrong_script"
+    assert checker.language_problem("您现在有发热吗？", "zh") is None
+    swahili = "je, dalili hizi zimekuwa zikiendelea kwa takriban muda gani sasa?"  # lid.176: sw 0.38
+    hausa = "kuma alamomin cutar ku ba su barin ku cikin kwanaki biyar"
+    problem = checker.language_problem(swahili, "ha")
+    assert problem.reason == "wrong_language" and "CLD2 reads sw" in problem.detail
+    assert checker.language_problem(hausa, "ha") is None
+    assert checker.language_problem(swahili, "sw") is None
+    lid176_alone = OutputChecker(registry, checker.lid, second_opinion=False)
+    assert lid176_alone.language_problem(swahili, "ha") is None  # the model is unsure: nothing to say
+
+
 def test_chatter_in_the_source_is_not_chatter(checker):
     src = "Note: here is the translation of the leaflet into French."
     assert checker.chatter_problem(src, "Remarque : voici la traduction du dépliant en français.") is None

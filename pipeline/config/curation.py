@@ -404,8 +404,9 @@ class LangIdSection(Section):
     )
     second_opinion: Literal["cld2", "none"] = Field(
         "cld2",
-        description="a second language-ID model asked where the first leaves a text undecided (CLD2 knows "
-        "Hausa, Kinyarwanda, Lingala, Igbo and Northern Sotho, which lid.176 lacks); none: lid.176 alone",
+        description="a second language-ID model asked where the first leaves a text undecided, by language ID "
+        "and the translate/rewrite output checks (CLD2 knows Hausa, Kinyarwanda, Lingala, Igbo and Northern "
+        "Sotho, which lid.176 lacks); none: lid.176 alone",
     )
     top_k: int = Field(5, ge=1, description="predictions per text considered for the declared language")
     batch_size: int = Field(512, ge=1)

@@ -21,11 +21,11 @@ import regex
 from pipeline.llm.quantities import missing_numbers
 from pipeline.record_io import Rejection
 from pipeline.registry import Registry
-from pipeline.text.common_words import CommonWords
+from pipeline.text.common_words import CommonWords, has_common_word
 from pipeline.text.fasttext_lid import LanguageIdentifier
-from pipeline.text.lid_verify import LidThresholds, script_fraction, verify
+from pipeline.text.lid_verify import LidThresholds, letter_count, script_fraction, verify
+from pipeline.text.second_opinion import SecondOpinion
 
-_LETTER = regex.compile(r"\p{L}")
 _WORD = regex.compile(r"\p{L}+")
 # Unit symbols written the same way in every Latin-script language.
 _DOSE = regex.compile(
@@ -90,6 +90,7 @@ class OutputChecker:
         lid: LanguageIdentifier | None,
         length_ratio: tuple[float, float] = (0.3, 3.0),
         lid_min_score: float = 0.6,
+        second_opinion: bool = True,
     ):
         self.registry = registry
         self.lid = lid
@@ -102,6 +103,7 @@ class OutputChecker:
             default=0.02, contradiction=0.8, min_script_fraction=0.25, min_chars=20
         )
         self.common_words = CommonWords.shipped()
+        self.second_opinion = SecondOpinion(registry) if second_opinion else None
 
     # ---- single checks ---------------------------------------------------------------------------
     def chatter_problem(self, source: str, output: str) -> Rejection | None:
@@ -129,7 +131,14 @@ class OutputChecker:
     def language_problem(self, text: str, expected: str) -> Rejection | None:
         """Is `text` written in `expected`? Script first; language ID where the model is confident."""
         language = self.registry.get(expected)
-        short = len(_LETTER.findall(text)) < self.thresholds.min_chars
+        letters = letter_count(text)  # a Han or kana character counts three letters
+        short = letters < self.thresholds.min_chars
+        if short and letters >= self.thresholds.min_script_letters:
+            # a short output is still judged by its script: a Chinese sentence for a French target
+            fraction = script_fraction(text, language.scripts)
+            if fraction < self.thresholds.min_script_fraction_short:
+                detail = f"expected {expected} ({'/'.join(language.scripts)}), {1 - fraction:.0%} of letters outside"
+                return Rejection("wrong_script", detail)
         if short or language.segmentation == "char" or self.lid is None:
             if short or script_fraction(text, language.scripts) >= self.thresholds.min_script_fraction:
                 return None  # too short to judge, or the script decides (zh/ja/th/lo, no model)
@@ -139,11 +148,32 @@ class OutputChecker:
             if predictions[0].score < self.lid_min_score and (
                 script_fraction(text, language.scripts) >= self.thresholds.min_script_fraction
             ):
-                return None  # the model is unsure: a short segment is beyond what it can judge
+                # the model is unsure: a short segment is beyond what it can judge; the second
+                # opinion may still read it as another language
+                return self._second_opinion_problem(text, expected)
         verdict = verify(
-            text, expected, predictions, self.registry, self.thresholds, self.model, self.common_words
+            text,
+            expected,
+            predictions,
+            self.registry,
+            self.thresholds,
+            self.model,
+            self.common_words,
+            self.second_opinion,
         )
         return None if verdict.keep else Rejection(verdict.reason, verdict.detail)
+
+    def _second_opinion_problem(self, text: str, expected: str) -> Rejection | None:
+        """CLD2 reads `text` as a registry language outside `expected`'s group, knows `expected`, and
+        the text has a common word of what it reads (where that language has a list)."""
+        if self.second_opinion is None or not self.second_opinion.knows(expected):
+            return None
+        other = self.second_opinion(text)
+        if other is None or other in self.registry.confusable_with(expected):
+            return None
+        if not has_common_word(text, other, self.registry, self.common_words):
+            return None
+        return Rejection("wrong_language", f"expected {expected}, CLD2 reads {other}")
 
     def length_problem(self, source: str, output: str, source_language: str, target: str) -> Rejection | None:
         if len(source) < _MIN_CHARS_FOR_RATIO:

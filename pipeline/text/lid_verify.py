@@ -425,7 +425,7 @@ class _Case:
         return p.language in self.group or (p.language is None and p.label in self.look_alikes)
 
     def letters(self) -> int:
-        return _letter_count(self.text)
+        return letter_count(self.text)
 
     def script_fraction(self) -> float:
         return script_fraction(self.text, self.language.scripts)
@@ -493,7 +493,8 @@ class _Case:
         )
 
 
-def _letter_count(text: str) -> int:
+def letter_count(text: str) -> int:
+    """Letters in `text`, a Han, kana or Hangul character counted as three (`DENSE_CHAR_WEIGHT`)."""
     return sum(map(len, _LETTERS.findall(text))) + (DENSE_CHAR_WEIGHT - 1) * len(_DENSE.findall(text))
 
 
