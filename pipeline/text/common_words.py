@@ -16,7 +16,7 @@ from itertools import chain
 from typing import TYPE_CHECKING
 
 from pipeline.registry import Registry
-from pipeline.text.quality_signals import stopword_lists
+from pipeline.text.quality_signals import stopword_lists, stopwordsiso_list
 
 if TYPE_CHECKING:
     from pipeline.text.lid_verify import LidThresholds
@@ -60,15 +60,12 @@ class CommonWords:
         yes/no question such as "Оланзапин способен понижать температуру? да нет" holds none of the 40
         Russian words quality counts, and reads as Bulgarian. Not English: its stopwords-iso list
         (1,298 words) holds the short function words of other languages (`na`, `sa`, `ni`, `mu`)."""
-        import stopwordsiso
-
-        lists = {}
-        for code, words in stopword_lists().items():
-            maintained = stopwordsiso.stopwords(code) if stopwordsiso.has_lang(code) else ()
-            if code in NOT_JOINED:
-                maintained = ()
-            lists[code] = sorted(set(words) | {word.lower() for word in maintained})
-        return cls(lists)
+        return cls(
+            {
+                code: [*words, *(() if code in NOT_JOINED else stopwordsiso_list(code))]
+                for code, words in stopword_lists().items()
+            }
+        )
 
     def distinctive(self, registry: Registry) -> dict[str, tuple[str, ...]]:
         """The words on the lists of one confusable group only (the lists of related languages share

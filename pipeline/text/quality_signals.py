@@ -185,10 +185,17 @@ def maintained_stopword_lists() -> dict[str, list[str]]:
         raise ValueError(
             f"{LANGUAGE_RULES_PATH}: maintained_stopwords: stopwordsiso has no list for {missing}"
         )
-    return {
-        str(code): sorted({w.lower() for w in stopwordsiso.stopwords(str(code))})
-        for code in spec["languages"]
-    }
+    return {str(code): stopwordsiso_list(str(code)) for code in spec["languages"]}
+
+
+def stopwordsiso_list(code: str) -> list[str]:
+    """The stopwords-iso list of `code`, lower-cased like the words it is matched against (empty when
+    stopwords-iso has none)."""
+    import stopwordsiso
+
+    if not stopwordsiso.has_lang(code):
+        return []
+    return sorted({word.lower() for word in stopwordsiso.stopwords(code)})
 
 
 def check_stopword_lists(lists: dict, path: Path) -> None:
