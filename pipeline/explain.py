@@ -64,7 +64,7 @@ def explain(cfg: Config, out: Path, record_id: str) -> dict:
 
 def _langid(cfg: Config, row: dict) -> dict:
     from pipeline.text.common_words import common_word_shares
-    from pipeline.text.lid_verify import effective_length
+    from pipeline.text.lid_verify import agrees, effective_length
     from pipeline.text.normalize import content_text
     from stages.langid import make_verifier
 
@@ -78,9 +78,7 @@ def _langid(cfg: Config, row: dict) -> dict:
     t = verifier.thresholds
     shares = common_word_shares(text, verifier.common_words, 1) or {}
     length = effective_length(text)
-    agreeing = sum(
-        p.score for p in predictions if p.language in group or (p.language is None and p.label in look_alikes)
-    )
+    agreeing = sum(p.score for p in predictions if agrees(p, group, look_alikes))
     return {
         "keep": verdict.keep,
         "reason": verdict.reason,

@@ -264,6 +264,11 @@ def verify(
     return case.known_language(length) if known else case.unknown_language()
 
 
+def agrees(p: LidPrediction, group: frozenset[str], look_alikes: Sequence[str]) -> bool:
+    """The prediction is a language of the declared group, or one of its look-alikes' labels."""
+    return p.language in group or (p.language is None and p.label in look_alikes)
+
+
 class _Case:
     """One text whose verdict the common case did not settle: the context the rules share, and each
     piece of evidence computed at most once."""
@@ -421,8 +426,7 @@ class _Case:
 
     # ---- evidence ---------------------------------------------------------------------------------------
     def agrees(self, p: LidPrediction) -> bool:
-        """The prediction is the declared language, its group or a look-alike."""
-        return p.language in self.group or (p.language is None and p.label in self.look_alikes)
+        return agrees(p, self.group, self.look_alikes)
 
     def letters(self) -> int:
         return letter_count(self.text)
@@ -585,10 +589,9 @@ class LanguageVerifier:
         if not self.registry.get(declared).lid_labels_for(self.model):
             return True
         top = predictions[0]
-        in_group = top.language in self.registry.confusable_with(declared) or (
-            top.language is None and top.label in self.registry.lid_look_alikes(self.model, declared)
-        )
-        return in_group and top.score >= self.thresholds.for_language(declared)
+        group = self.registry.confusable_with(declared)
+        look_alikes = self.registry.lid_look_alikes(self.model, declared)
+        return agrees(top, group, look_alikes) and top.score >= self.thresholds.for_language(declared)
 
     def check(self, text: str, declared: str) -> Verdict:
         return self.verify_batch([text], [declared])[0]
