@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
+from helpers.raw_files import RAW_FILES  # noqa: E402
 from provenance import write_result  # noqa: E402
 
 RAW = ROOT.parent / "shared" / "data" / "raw"
-WEBMD = RAW / "html_readability_webmd_superbugs_en.html"
-WARC = RAW / "warc_resiliparse_cc_sample.warc.gz"
+WEBMD = RAW / RAW_FILES["html"]
+WARC = RAW / RAW_FILES["warc"]
 RESULTS = ROOT / "bench" / "results" / "extract.json"
 
 # Sentences of the article body (their opening words), and page chrome that is not the article.
@@ -137,18 +138,6 @@ def measure(name: str, repeats: int, webmd: bytes, pages: list[bytes]) -> dict:
     }
 
 
-FORMAT_FILES = {
-    "warc": "warc_resiliparse_cc_sample.warc.gz",
-    "html": "html_readability_webmd_superbugs_en.html",
-    "pdf": "pdf_scipdf_futoma2017_sepsis_en.pdf",
-    "jats": "jats_pubmedparser_bmc_oral_health_1472-6831-8-11.nxml",
-    "medline": "medline_biopython_pubmed2.xml",
-    "mediawiki": "mediawiki_gensim_enwiki_table_markup.xml.bz2",
-    "docx": "docx_unstructured_handbook_1p.docx",
-    "epub": "epub_unstructured_winter_sports.epub",
-}
-
-
 def reader_throughput(repeats: int) -> dict:
     """Each medbabel reader on its fixture (no language ID: the language is fixed), best of `repeats`:
     documents, characters kept, rejects, and input megabytes per second."""
@@ -161,7 +150,7 @@ def reader_throughput(repeats: int) -> dict:
     registry = load_registry()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt, name in FORMAT_FILES.items():
+        for fmt, name in RAW_FILES.items():
             path = RAW / name
             source = SourceSection(
                 name=fmt, path=str(path), format=fmt, source_type="web", license="x", language="en"

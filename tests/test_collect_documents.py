@@ -12,20 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.raw_files import RAW_FILES
 from test_collect import run_collect, source
 
 pytestmark = pytest.mark.slow  # every test but one runs the collect stage: not in `make test-fast`
-
-RAW_NAMES = {
-    "warc": "warc_resiliparse_cc_sample.warc.gz",
-    "html": "html_readability_webmd_superbugs_en.html",
-    "pdf": "pdf_scipdf_futoma2017_sepsis_en.pdf",
-    "jats": "jats_pubmedparser_bmc_oral_health_1472-6831-8-11.nxml",
-    "medline": "medline_biopython_pubmed2.xml",
-    "mediawiki": "mediawiki_gensim_enwiki_table_markup.xml.bz2",
-    "docx": "docx_unstructured_handbook_1p.docx",
-    "epub": "epub_unstructured_winter_sports.epub",
-}
 
 
 @pytest.fixture
@@ -42,7 +32,7 @@ def doc_source(name: str, path, fmt: str, **kw) -> dict:
 
 def test_html_page_main_text_without_navigation(tmp_path, raw):
     _, records, rejects = run_collect(
-        tmp_path, [doc_source("webmd", raw / RAW_NAMES["html"], "html", language_detect="declared")]
+        tmp_path, [doc_source("webmd", raw / RAW_FILES["html"], "html", language_detect="declared")]
     )
     assert rejects == [] and len(records) == 1
     page = records[0]
@@ -54,12 +44,12 @@ def test_html_page_main_text_without_navigation(tmp_path, raw):
     for chrome in ("Skip to content", "Font Size", "URAC: Accredited", "AdChoices"):
         assert chrome not in text
     assert 2_000 < len(text) < 4_000
-    assert page["source_file"] == RAW_NAMES["html"] and page["source_position"] == 1
+    assert page["source_file"] == RAW_FILES["html"] and page["source_position"] == 1
 
 
 def test_warc_html_responses_with_provenance(tmp_path, raw):
     summary, records, rejects = run_collect(
-        tmp_path, [doc_source("cc", raw / RAW_NAMES["warc"], "warc", language_detect="declared")]
+        tmp_path, [doc_source("cc", raw / RAW_FILES["warc"], "warc", language_detect="declared")]
     )
     # 16 HTML responses; the 17 requests, 16 metadata records and the warcinfo are not documents
     assert len(records) + len(rejects) == 16
@@ -78,7 +68,7 @@ def test_warc_html_responses_with_provenance(tmp_path, raw):
 
 
 def test_pdf_text_layer_as_one_record(tmp_path, raw):
-    _, records, rejects = run_collect(tmp_path, [doc_source("paper", raw / RAW_NAMES["pdf"], "pdf")])
+    _, records, rejects = run_collect(tmp_path, [doc_source("paper", raw / RAW_FILES["pdf"], "pdf")])
     assert rejects == [] and len(records) == 1
     text = records[0]["text"]
     assert 30_000 < len(text) < 45_000
@@ -94,7 +84,7 @@ def test_pdf_text_layer_as_one_record(tmp_path, raw):
 def test_jats_article_title_abstract_body_without_references(tmp_path, raw):
     _, records, rejects = run_collect(
         tmp_path,
-        [doc_source("pmc", raw / RAW_NAMES["jats"], "jats", source_type="paper", license="see-article")],
+        [doc_source("pmc", raw / RAW_FILES["jats"], "jats", source_type="paper", license="see-article")],
     )
     assert rejects == [] and len(records) == 1
     article = records[0]
@@ -110,7 +100,7 @@ def test_jats_article_title_abstract_body_without_references(tmp_path, raw):
     assert article["license"] == "CC-BY-2.0"  # the article's own <license>, not the source's
     tables = run_collect(
         tmp_path,
-        [doc_source("pmc", raw / RAW_NAMES["jats"], "jats", tables=True)],
+        [doc_source("pmc", raw / RAW_FILES["jats"], "jats", tables=True)],
         out="with_tables",
     )[1][0]["text"]
     assert len(tables) > len(text) and "\t" in tables and "\t" not in text
@@ -118,7 +108,7 @@ def test_jats_article_title_abstract_body_without_references(tmp_path, raw):
 
 def test_medline_citations(tmp_path, raw):
     _, records, rejects = run_collect(
-        tmp_path, [doc_source("pubmed", raw / RAW_NAMES["medline"], "medline", language_detect="lid")]
+        tmp_path, [doc_source("pubmed", raw / RAW_FILES["medline"], "medline", language_detect="lid")]
     )
     assert rejects == []
     by_pmid = {r["source_id"]: r for r in records}
@@ -132,7 +122,7 @@ def test_medline_citations(tmp_path, raw):
 
 def test_mediawiki_dump_pages_without_markup(tmp_path, raw):
     _, records, rejects = run_collect(
-        tmp_path, [doc_source("wiki", raw / RAW_NAMES["mediawiki"], "mediawiki", license="CC-BY-SA-4.0")]
+        tmp_path, [doc_source("wiki", raw / RAW_FILES["mediawiki"], "mediawiki", license="CC-BY-SA-4.0")]
     )
     assert rejects == []
     by_title = {r["text"].split("\n", 1)[0]: r for r in records}
@@ -157,7 +147,7 @@ def test_mediawiki_dump_pages_without_markup(tmp_path, raw):
         tmp_path,
         [
             doc_source(
-                "wiki", raw / RAW_NAMES["mediawiki"], "mediawiki", wiki_categories=["Dravidian languages"]
+                "wiki", raw / RAW_FILES["mediawiki"], "mediawiki", wiki_categories=["Dravidian languages"]
             )
         ],
         out="by_category",
@@ -165,14 +155,14 @@ def test_mediawiki_dump_pages_without_markup(tmp_path, raw):
     assert [r["source_id"] for r in filtered[1]] == ["4702"]
     titled = run_collect(
         tmp_path,
-        [doc_source("wiki", raw / RAW_NAMES["mediawiki"], "mediawiki", wiki_title_pattern="^Economy of ")],
+        [doc_source("wiki", raw / RAW_FILES["mediawiki"], "mediawiki", wiki_title_pattern="^Economy of ")],
         out="by_title",
     )
     assert [r["source_id"] for r in titled[1]] == ["9391"]
 
 
 def test_docx_paragraphs(tmp_path, raw):
-    _, records, rejects = run_collect(tmp_path, [doc_source("handbook", raw / RAW_NAMES["docx"], "docx")])
+    _, records, rejects = run_collect(tmp_path, [doc_source("handbook", raw / RAW_FILES["docx"], "docx")])
     assert rejects == [] and len(records) == 1
     text = records[0]["text"]
     assert "CHAPTER 1 – INTRODUCTION" in text
@@ -185,7 +175,7 @@ def test_epub_book_in_spine_order_with_its_metadata(tmp_path, raw):
         tmp_path,
         [
             doc_source(
-                "books", raw / RAW_NAMES["epub"], "epub", language_detect="declared", source_type="book"
+                "books", raw / RAW_FILES["epub"], "epub", language_detect="declared", source_type="book"
             )
         ],
     )
@@ -215,7 +205,7 @@ def test_epub_that_is_broken(tmp_path):
 
 # ---- bad input -----------------------------------------------------------------------------------
 def test_truncated_and_garbage_warc(tmp_path, raw):
-    data = (raw / RAW_NAMES["warc"]).read_bytes()
+    data = (raw / RAW_FILES["warc"]).read_bytes()
     (tmp_path / "cut.warc.gz").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.warc").write_bytes(b"this is not a web archive\n" * 10)
     _, records, rejects = run_collect(
@@ -236,7 +226,7 @@ def test_truncated_and_garbage_warc(tmp_path, raw):
 
 
 def test_malformed_and_hostile_xml(tmp_path, raw):
-    medline = (raw / RAW_NAMES["medline"]).read_text()
+    medline = (raw / RAW_FILES["medline"]).read_text()
     cut = medline.index("<PubmedArticle>", medline.index("</PubmedArticle>"))
     (tmp_path / "broken.xml").write_text(medline[: cut + 200] + "<<<oops")
     (tmp_path / "bomb.xml").write_text(
@@ -245,7 +235,7 @@ def test_malformed_and_hostile_xml(tmp_path, raw):
         "<MedlineCitation><PMID>1</PMID><Article><ArticleTitle>&b;</ArticleTitle></Article>"
         "</MedlineCitation></PubmedArticle></PubmedArticleSet>"
     )
-    wiki = bz2.decompress((raw / RAW_NAMES["mediawiki"]).read_bytes())
+    wiki = bz2.decompress((raw / RAW_FILES["mediawiki"]).read_bytes())
     (tmp_path / "cut.xml.bz2").write_bytes(bz2.compress(wiki)[:20_000])
     _, records, rejects = run_collect(
         tmp_path,
@@ -275,12 +265,12 @@ def test_malformed_and_hostile_xml(tmp_path, raw):
 def test_encrypted_broken_and_scanned_pdfs(tmp_path, raw):
     from pypdf import PdfReader, PdfWriter
 
-    writer = PdfWriter(clone_from=PdfReader(raw / RAW_NAMES["pdf"]))
+    writer = PdfWriter(clone_from=PdfReader(raw / RAW_FILES["pdf"]))
     writer.encrypt(user_password="secret", algorithm="RC4-128")
     with open(tmp_path / "locked.pdf", "wb") as fh:
         writer.write(fh)
-    (tmp_path / "broken.pdf").write_bytes((raw / RAW_NAMES["pdf"]).read_bytes()[:3000])
-    scanned = PdfWriter(clone_from=PdfReader(raw / RAW_NAMES["pdf"]))
+    (tmp_path / "broken.pdf").write_bytes((raw / RAW_FILES["pdf"]).read_bytes()[:3000])
+    scanned = PdfWriter(clone_from=PdfReader(raw / RAW_FILES["pdf"]))
     scanned.insert_blank_page(index=1)  # a page without a text layer, as a scan is
     with open(tmp_path / "scanned.pdf", "wb") as fh:
         scanned.write(fh)
