@@ -57,7 +57,7 @@ class CommonWords:
     def shipped(cls) -> CommonWords:
         """The stop-word lists (`pipeline.text.quality_signals.stopword_lists`), each of medbabel's
         small hand-written lists joined with the language's stopwords-iso list where it has one: a
-        yes/no question such as "Оланзапин способен понижать температуру? да нет" holds none of the 40
+        yes/no question such as "Оланзапин способен понижать температуру? да нет" holds none of the 36
         Russian words quality counts, and reads as Bulgarian. Not English: its stopwords-iso list
         (1,298 words) holds the short function words of other languages (`na`, `sa`, `ni`, `mu`)."""
         return cls(
